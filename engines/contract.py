@@ -1,0 +1,247 @@
+"""The one tensor contract between the gateway and the Triton model named `tensorrt_llm`.
+
+It mirrors the `tensorrt_llm` model of NVIDIA's tensorrtllm_backend
+(all_models/inflight_batcher_llm/tensorrt_llm/config.pbtxt): same names, dtypes and shapes, so the
+gateway works unchanged against the real TensorRT-LLM backend and against the portable engine.
+
+`max_batch_size` > 0 with dynamic batching, so every tensor a client sends carries a leading batch
+dimension of 1: `input_ids` is [1, N], scalars are [1, 1], `stop_words_list` is [1, 2, L].
+Token ids cross the wire, never text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MODEL_NAME = "tensorrt_llm"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # Triton type name without the TYPE_ prefix
+    dims: tuple[int, ...]
+    optional: bool = False
+    ragged: bool = False
+    scalar: bool = False  # dims [1] reshaped to [] in the real backend's config
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(NUMPY_DTYPES[self.dtype])
+
+
+NUMPY_DTYPES = {"INT32": np.int32, "UINT64": np.uint64, "FP32": np.float32, "FP16": np.float16, "BOOL": np.bool_}
+
+
+def _scalar(name: str, dtype: str) -> TensorSpec:
+    return TensorSpec(name, dtype, (1,), optional=True, scalar=True)
+
+
+INPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("input_ids", "INT32", (-1,), ragged=True),
+    TensorSpec("input_lengths", "INT32", (1,), scalar=True),
+    TensorSpec("request_output_len", "INT32", (1,)),
+    TensorSpec("draft_input_ids", "INT32", (-1,), optional=True, ragged=True),
+    TensorSpec("draft_logits", "FP32", (-1, -1), optional=True, ragged=True),
+    _scalar("draft_acceptance_threshold", "FP32"),
+    _scalar("end_id", "INT32"),
+    _scalar("pad_id", "INT32"),
+    TensorSpec("stop_words_list", "INT32", (2, -1), optional=True, ragged=True),
+    TensorSpec("bad_words_list", "INT32", (2, -1), optional=True, ragged=True),
+    TensorSpec("embedding_bias", "FP32", (-1,), optional=True, ragged=True),
+    _scalar("beam_width", "INT32"),
+    _scalar("temperature", "FP32"),
+    _scalar("runtime_top_k", "INT32"),
+    _scalar("runtime_top_p", "FP32"),
+    _scalar("runtime_top_p_min", "FP32"),
+    _scalar("runtime_top_p_decay", "FP32"),
+    _scalar("runtime_top_p_reset_ids", "INT32"),
+    _scalar("len_penalty", "FP32"),
+    _scalar("early_stopping", "BOOL"),
+    _scalar("repetition_penalty", "FP32"),
+    _scalar("min_length", "INT32"),
+    _scalar("beam_search_diversity_rate", "FP32"),
+    _scalar("presence_penalty", "FP32"),
+    _scalar("frequency_penalty", "FP32"),
+    _scalar("random_seed", "UINT64"),
+    _scalar("return_log_probs", "BOOL"),
+    _scalar("return_context_logits", "BOOL"),
+    _scalar("return_generation_logits", "BOOL"),
+    TensorSpec("stop", "BOOL", (1,), optional=True),
+    TensorSpec("streaming", "BOOL", (1,), optional=True),
+    TensorSpec("prompt_embedding_table", "FP16", (-1, -1), optional=True, ragged=True),
+    _scalar("prompt_vocab_size", "INT32"),
+    _scalar("lora_task_id", "UINT64"),
+    TensorSpec("lora_weights", "FP16", (-1, -1), optional=True, ragged=True),
+    TensorSpec("lora_config", "INT32", (-1, 3), optional=True, ragged=True),
+)
+
+OUTPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("output_ids", "INT32", (-1, -1)),
+    TensorSpec("sequence_length", "INT32", (-1,)),
+    TensorSpec("cum_log_probs", "FP32", (-1,)),
+    TensorSpec("output_log_probs", "FP32", (-1, -1)),
+    TensorSpec("context_logits", "FP32", (-1, -1)),
+    TensorSpec("generation_logits", "FP32", (-1, -1, -1)),
+)
+
+INPUT_SPECS = {spec.name: spec for spec in INPUTS}
+OUTPUT_SPECS = {spec.name: spec for spec in OUTPUTS}
+
+
+@dataclass
+class GenerationRequest:
+    """What one request asks of an engine, in the contract's vocabulary."""
+
+    input_ids: list[int]
+    request_output_len: int
+    end_id: int | None = None
+    pad_id: int | None = None
+    streaming: bool = True
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    random_seed: int | None = None
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    min_length: int = 0
+    stop_words: list[list[int]] = field(default_factory=list)
+    return_log_probs: bool = False
+    beam_width: int = 1
+    stop: bool = False
+
+
+@dataclass
+class GenerationChunk:
+    """One response of the decoupled model: the tokens new since the last response."""
+
+    output_ids: list[int]
+    log_probs: list[float] | None = None
+    final: bool = False
+
+
+def encode_stop_words(words: list[list[int]]) -> np.ndarray:
+    """TensorRT-LLM's [2, L] layout: row 0 the concatenated ids, row 1 the end offsets padded with -1."""
+    flat = [token for word in words for token in word]
+    offsets = list(np.cumsum([len(word) for word in words]))
+    width = max(len(flat), len(offsets), 1)
+    out = np.full((2, width), -1, dtype=np.int32)
+    out[0, : len(flat)] = flat
+    out[1, : len(offsets)] = offsets
+    if not flat:
+        out[0, 0] = 0
+    return out
+
+
+def decode_stop_words(array: np.ndarray) -> list[list[int]]:
+    array = np.asarray(array).reshape(2, -1)
+    ids, offsets = array[0], [int(o) for o in array[1] if o >= 0]
+    words, start = [], 0
+    for end in offsets:
+        if end > start:
+            words.append([int(t) for t in ids[start:end]])
+        start = end
+    return words
+
+
+def encode_request(request: GenerationRequest) -> dict[str, np.ndarray]:
+    """Contract tensors for one request, each with its leading batch dimension of 1."""
+    if request.random_seed is not None and not 0 <= request.random_seed < 2**64:
+        raise ValueError("random_seed must fit in an unsigned 64-bit integer")
+    values: dict[str, object] = {
+        "input_lengths": len(request.input_ids),
+        "request_output_len": request.request_output_len,
+        "streaming": request.streaming,
+        "temperature": request.temperature,
+        "runtime_top_k": request.top_k,
+        "runtime_top_p": request.top_p,
+        "repetition_penalty": request.repetition_penalty,
+        "presence_penalty": request.presence_penalty,
+        "frequency_penalty": request.frequency_penalty,
+        "min_length": request.min_length,
+        "return_log_probs": request.return_log_probs,
+        "beam_width": request.beam_width,
+    }
+    for name, value in (("end_id", request.end_id), ("pad_id", request.pad_id), ("random_seed", request.random_seed)):
+        if value is not None:
+            values[name] = value
+    tensors = {name: np.array([[value]], dtype=INPUT_SPECS[name].numpy_dtype) for name, value in values.items()}
+    tensors["input_ids"] = np.array([request.input_ids], dtype=np.int32)
+    if request.stop_words:
+        tensors["stop_words_list"] = encode_stop_words(request.stop_words)[None]
+    if request.stop:
+        tensors["stop"] = np.array([[True]])
+    return tensors
+
+
+def _first(tensors: dict[str, np.ndarray], name: str, default):
+    array = tensors.get(name)
+    if array is None or np.asarray(array).size == 0:
+        return default
+    return np.asarray(array).reshape(-1)[0].item()
+
+
+def decode_request(tensors: dict[str, np.ndarray]) -> GenerationRequest:
+    """The engine side of `encode_request`: accepts the shapes with or without the batch dimension."""
+    missing = [spec.name for spec in INPUTS if not spec.optional and spec.name not in tensors]
+    if missing:
+        raise ValueError(f"missing required input tensors: {', '.join(missing)}")
+    input_ids = np.asarray(tensors["input_ids"]).reshape(-1)
+    length = int(_first(tensors, "input_lengths", input_ids.size))
+    if not 0 < length <= input_ids.size:
+        raise ValueError(f"input_lengths={length} does not fit input_ids of {input_ids.size} tokens")
+    seed = _first(tensors, "random_seed", None)
+    stop_words = tensors.get("stop_words_list")
+    return GenerationRequest(
+        input_ids=[int(t) for t in input_ids[:length]],
+        request_output_len=int(_first(tensors, "request_output_len", 0)),
+        end_id=_optional_int(_first(tensors, "end_id", None)),
+        pad_id=_optional_int(_first(tensors, "pad_id", None)),
+        streaming=bool(_first(tensors, "streaming", False)),
+        temperature=float(_first(tensors, "temperature", 1.0)),
+        top_k=int(_first(tensors, "runtime_top_k", 0)),
+        top_p=float(_first(tensors, "runtime_top_p", 1.0)),
+        random_seed=None if seed is None else int(seed),
+        repetition_penalty=float(_first(tensors, "repetition_penalty", 1.0)),
+        presence_penalty=float(_first(tensors, "presence_penalty", 0.0)),
+        frequency_penalty=float(_first(tensors, "frequency_penalty", 0.0)),
+        min_length=int(_first(tensors, "min_length", 0)),
+        stop_words=[] if stop_words is None else decode_stop_words(stop_words),
+        return_log_probs=bool(_first(tensors, "return_log_probs", False)),
+        beam_width=int(_first(tensors, "beam_width", 1)),
+        stop=bool(_first(tensors, "stop", False)),
+    )
+
+
+def _optional_int(value) -> int | None:
+    return None if value is None else int(value)
+
+
+def encode_chunk(chunk: GenerationChunk) -> dict[str, np.ndarray]:
+    """Response tensors for one request of beam width 1 ([batch, beam, tokens] as the real backend)."""
+    ids = np.array(chunk.output_ids, dtype=np.int32).reshape(1, 1, -1)
+    tensors = {
+        "output_ids": ids,
+        "sequence_length": np.array([[len(chunk.output_ids)]], dtype=np.int32),
+    }
+    if chunk.log_probs is not None:
+        log_probs = np.array(chunk.log_probs, dtype=np.float32).reshape(1, 1, -1)
+        tensors["output_log_probs"] = log_probs
+        tensors["cum_log_probs"] = log_probs.sum(axis=-1, dtype=np.float32)
+    return tensors
+
+
+def decode_chunk(tensors: dict[str, np.ndarray | None], final: bool) -> GenerationChunk:
+    """The gateway side of `encode_chunk`; `sequence_length` bounds the valid ids of beam 0."""
+    ids = np.asarray(tensors["output_ids"])
+    ids = ids.reshape(-1, ids.shape[-1])[0] if ids.size else np.zeros(0, dtype=np.int32)
+    length_array = tensors.get("sequence_length")
+    length = int(np.asarray(length_array).reshape(-1)[0]) if length_array is not None else ids.size
+    log_probs_array = tensors.get("output_log_probs")
+    log_probs = None
+    if log_probs_array is not None and np.asarray(log_probs_array).size:
+        flat = np.asarray(log_probs_array)
+        log_probs = [float(x) for x in flat.reshape(-1, flat.shape[-1])[0][:length]]
+    return GenerationChunk(output_ids=[int(t) for t in ids[:length]], log_probs=log_probs, final=final)
