@@ -1,0 +1,168 @@
+"""Triton model repositories whose `tensorrt_llm` model honours the contract.
+
+An artifact directory is what the build writes and what S3 stores:
+
+    <artifact>/manifest.json                      what was built, from what, with sha256 of every file
+    <artifact>/tokenizer/                         the gateway's tokenizer and chat template
+    <artifact>/model_repository/tensorrt_llm/     the Triton model (config.pbtxt + version 1)
+
+`tritonserver --model-repository <artifact>/model_repository` serves it; the gateway reads
+`manifest.json` and `tokenizer/`.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from engines import contract
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
+PORTABLE_MODEL_SHIM = '''"""Triton Python-backend entry point: the portable engine serving the `tensorrt_llm` contract."""
+from engines.triton.portable_model import TritonPythonModel  # noqa: F401
+'''
+
+
+@dataclass(frozen=True)
+class ArtifactPaths:
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def model_repository(self) -> Path:
+        return self.root / "model_repository"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.model_repository / contract.MODEL_NAME
+
+
+def _tensor_block(spec: contract.TensorSpec, is_input: bool) -> str:
+    lines = [
+        "  {",
+        f'    name: "{spec.name}"',
+        f"    data_type: TYPE_{spec.dtype}",
+        f"    dims: [ {', '.join(str(d) for d in spec.dims)} ]",
+    ]
+    if is_input and spec.scalar:
+        lines.append("    reshape: { shape: [ ] }")
+    if is_input and spec.optional:
+        lines.append("    optional: true")
+    if is_input and spec.ragged:
+        lines.append("    allow_ragged_batch: true")
+    lines.append("  }")
+    return "\n".join(lines)
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_config_pbtxt(
+    backend: str,
+    parameters: dict[str, str],
+    max_batch_size: int = 64,
+    instance_kind: str = "KIND_CPU",
+    max_queue_delay_microseconds: int = 0,
+) -> str:
+    """config.pbtxt of the `tensorrt_llm` model: the contract's tensors plus engine parameters."""
+    inputs = ",\n".join(_tensor_block(spec, True) for spec in contract.INPUTS)
+    outputs = ",\n".join(_tensor_block(spec, False) for spec in contract.OUTPUTS)
+    params = "\n".join(
+        f"parameters: {{\n  key: {_quote(key)}\n  value: {{ string_value: {_quote(str(value))} }}\n}}"
+        for key, value in parameters.items()
+    )
+    return (
+        f'name: "{contract.MODEL_NAME}"\n'
+        f'backend: "{backend}"\n'
+        f"max_batch_size: {max_batch_size}\n\n"
+        "model_transaction_policy {\n  decoupled: true\n}\n\n"
+        "dynamic_batching {\n"
+        f"  preferred_batch_size: [ {max_batch_size} ]\n"
+        f"  max_queue_delay_microseconds: {max_queue_delay_microseconds}\n"
+        "}\n\n"
+        f"input [\n{inputs}\n]\n"
+        f"output [\n{outputs}\n]\n"
+        f"instance_group [\n  {{\n    count: 1\n    kind: {instance_kind}\n  }}\n]\n"
+        f"{params}\n"
+    )
+
+
+def parse_config_pbtxt(text: str):
+    """Parse with Triton's own ModelConfig protobuf; raises on anything Triton would reject as text."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def copy_tokenizer(checkpoint_dir: Path, out_dir: Path) -> list[str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in TOKENIZER_FILES:
+        source = checkpoint_dir / name
+        if source.is_file():
+            shutil.copy2(source, out_dir / name)
+            copied.append(name)
+    if "tokenizer.json" not in copied and "tokenizer.model" not in copied:
+        raise FileNotFoundError(f"{checkpoint_dir}: no tokenizer.json or tokenizer.model to copy")
+    return copied
+
+
+@dataclass(frozen=True)
+class PortableSettings:
+    """Engine parameters of the portable `tensorrt_llm` model (strings in config.pbtxt)."""
+
+    device: str = "auto"  # auto: cuda when available, else cpu
+    dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
+    block_size: int = 16
+    kv_cache_memory_bytes: int = 256 << 20
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    enable_prefix_caching: bool = True
+    max_batch_size: int = 64
+
+    def parameters(self) -> dict[str, str]:
+        return {
+            "engine": "portable",
+            "checkpoint_dir": "checkpoint",
+            "device": self.device,
+            "dtype": self.dtype,
+            "block_size": str(self.block_size),
+            "kv_cache_memory_bytes": str(self.kv_cache_memory_bytes),
+            "max_num_seqs": str(self.max_num_seqs),
+            "max_num_batched_tokens": str(self.max_num_batched_tokens),
+            "enable_kv_cache_reuse": "true" if self.enable_prefix_caching else "false",
+            "exclude_input_in_output": "true",
+        }
+
+
+def write_portable_repository(checkpoint_dir: Path, artifact_dir: Path, settings: PortableSettings) -> ArtifactPaths:
+    """Model repository for the portable engine: the Python backend plus the checkpoint's weights."""
+    checkpoint_dir, paths = Path(checkpoint_dir), ArtifactPaths(Path(artifact_dir))
+    version_dir = paths.model_dir / "1"
+    weights_dir = version_dir / "checkpoint"
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    for source in sorted(checkpoint_dir.iterdir()):
+        if source.suffix in (".safetensors", ".json") and source.is_file():
+            shutil.copy2(source, weights_dir / source.name)
+    (version_dir / "model.py").write_text(PORTABLE_MODEL_SHIM)
+    config = render_config_pbtxt("python", settings.parameters(), max_batch_size=settings.max_batch_size)
+    parse_config_pbtxt(config)
+    (paths.model_dir / "config.pbtxt").write_text(config)
+    copy_tokenizer(checkpoint_dir, paths.tokenizer)
+    return paths
