@@ -1,0 +1,31 @@
+"""The portable model's config.pbtxt parameters turned into the engine's configuration."""
+from __future__ import annotations
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def engine_config_from_parameters(parameters: dict[str, str]):
+    from engines.portable.config import EngineConfig
+
+    device = resolve_device(parameters.get("device", "auto"))
+    return EngineConfig(
+        device=device,
+        dtype=resolve_dtype(parameters.get("dtype", "auto"), device),
+        block_size=int(parameters.get("block_size", 16)),
+        kv_cache_memory_bytes=int(parameters.get("kv_cache_memory_bytes", 256 << 20)),
+        max_num_seqs=int(parameters.get("max_num_seqs", 64)),
+        max_num_batched_tokens=int(parameters.get("max_num_batched_tokens", 2048)),
+        enable_prefix_caching=parameters.get("enable_kv_cache_reuse", "true").lower() == "true",
+    )

@@ -1,0 +1,147 @@
+"""Start the `tritonserver` binary that the nvidia-pytriton wheel ships, on loopback ports.
+
+The wheel carries the server, the Python backend and one backend stub per Python version. The stub
+for the running interpreter goes beside `libtriton_python.so` in a writable copy of the backend
+folder, and the virtual environment's `bin/` leads PATH, so the stub imports from this environment.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class TritonStartError(RuntimeError):
+    pass
+
+
+def pytriton_root() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def prepare_backends(work_dir: Path) -> Path:
+    """A writable backend folder with the Python backend and the stub for this interpreter."""
+    root = pytriton_root()
+    backends = Path(work_dir) / "backends"
+    python_backend = backends / "python"
+    if python_backend.exists():
+        shutil.rmtree(python_backend)
+    shutil.copytree(root / "backends" / "python", python_backend, ignore=shutil.ignore_patterns("__pycache__"))
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise TritonStartError(f"nvidia-pytriton ships no Python-backend stub for Python {version}")
+    shutil.copy2(stub, python_backend / "triton_python_backend_stub")
+    return backends
+
+
+def server_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    libs = Path(sysconfig.get_paths()["purelib"]) / "nvidia_pytriton.libs"
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    # The stub imports the project's packages (engines.*) from the repository it runs for.
+    project_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+@dataclass
+class TritonServer:
+    process: subprocess.Popen
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise TritonStartError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        self.stop()
+        raise TritonStartError(f"tritonserver not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_triton(
+    model_repository: Path,
+    work_dir: Path,
+    host: str = "127.0.0.1",
+    http_port: int = 0,
+    grpc_port: int = 0,
+    metrics_port: int = 0,
+) -> TritonServer:
+    """Start tritonserver in the background; call `wait_ready()` on the result."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    backends = prepare_backends(work_dir)
+    ports = [port or free_port(host) for port in (http_port, grpc_port, metrics_port)]
+    log_path = work_dir / "tritonserver.log"
+    command = [
+        str(pytriton_root() / "bin" / "tritonserver"),
+        f"--model-repository={Path(model_repository).resolve()}",
+        f"--backend-directory={backends}",
+        f"--http-address={host}",
+        f"--grpc-address={host}",
+        f"--metrics-address={host}",
+        f"--http-port={ports[0]}",
+        f"--grpc-port={ports[1]}",
+        f"--metrics-port={ports[2]}",
+        "--exit-on-error=true",
+        "--log-verbose=0",
+    ]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(), start_new_session=True
+        )
+    return TritonServer(process, host, *ports, log_path=log_path)

@@ -1,0 +1,68 @@
+"""The gateway's app factory: settings in, a FastAPI app speaking the OpenAI API out."""
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+
+from engines.manifest import read_manifest
+from server.auth import KeyStore, require_api_key
+from server.errors import APIError, error_response, install_error_handlers
+from server.metrics import Metrics
+from server.routes import chat, completions, health, models
+from server.settings import Settings
+from server.tokenizer import Tokenizer
+from server.triton_client import TritonEngineClient
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    max_model_len: int
+    created: int
+
+
+def load_model(settings: Settings) -> tuple[ServedModel, Tokenizer]:
+    manifest = read_manifest(settings.artifact_dir)
+    tokenizer = Tokenizer(settings.artifact_dir / manifest.tokenizer_dir)
+    max_model_len = settings.max_model_len or manifest.max_model_len
+    model = ServedModel(settings.served_model_name or manifest.model_name, max_model_len, int(time.time()))
+    return model, tokenizer
+
+
+def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> FastAPI:
+    keys = KeyStore.from_sources(list(settings.api_keys), settings.api_keys_file)
+    if not keys.enabled and not settings.allow_anonymous:
+        raise ValueError("no API keys: set INGOT_API_KEYS or INGOT_API_KEYS_FILE "
+                         "(or INGOT_ALLOW_ANONYMOUS=1 to serve without auth)")
+    model, tokenizer = load_model(settings)
+    engine = engine or TritonEngineClient(settings.triton_url)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        await engine.close()
+
+    app = FastAPI(title="Ingot", version="0.1.0", lifespan=lifespan)
+    app.state.settings, app.state.keys, app.state.metrics = settings, keys, Metrics()
+    app.state.model, app.state.tokenizer, app.state.engine = model, tokenizer, engine
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def authenticate_and_count(request: Request, call_next):
+        route = request.url.path if request.url.path.startswith("/v1/") else "other"
+        try:
+            if request.url.path.startswith("/v1"):
+                require_api_key(request)  # before the body is parsed: a bad key is a 401, not a 400
+            response = await call_next(request)
+        except APIError as error:
+            response = error_response(error)
+        app.state.metrics.requests.labels(route if response.status_code != 404 else "unknown",
+                                          str(response.status_code)).inc()
+        return response
+
+    for router in (health.router, models.router, chat.router, completions.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,74 @@
+"""Command line: `gateway` runs the HTTP gateway; `serve` runs the whole stack on one machine."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("ingot")
+
+
+def _gateway_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="bind address (INGOT_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (INGOT_PORT, default 8000)")
+    parser.add_argument("--served-model-name", default=None, help="model id clients use (INGOT_SERVED_MODEL_NAME)")
+    parser.add_argument("--max-model-len", type=int, default=None, help="context length cap (INGOT_MAX_MODEL_LEN)")
+
+
+def run_gateway(settings) -> None:
+    import uvicorn
+
+    from server.app import create_app
+
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from server.settings import Settings
+
+    settings = Settings.from_env(artifact_dir=Path(args.artifact) if args.artifact else None,
+                                 triton_url=args.triton_url, host=args.host, port=args.port,
+                                 served_model_name=args.served_model_name, max_model_len=args.max_model_len)
+    run_gateway(settings)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from server.stack import serve_stack
+
+    return serve_stack(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="ingot", description="Ingot: OpenAI-compatible LLM serving")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gateway = sub.add_parser("gateway", help="run the OpenAI gateway in front of a Triton server")
+    gateway.add_argument("--artifact", default=None, help="engine artifact dir with manifest.json (INGOT_ARTIFACT_DIR)")
+    gateway.add_argument("--triton-url", default=None, help="Triton gRPC host:port (INGOT_TRITON_URL)")
+    _gateway_args(gateway)
+    gateway.set_defaults(func=cmd_gateway)
+
+    serve = sub.add_parser("serve", help="run Triton (portable engine) and the gateway together, on CPU or GPU")
+    source = serve.add_mutually_exclusive_group()
+    source.add_argument("--demo", choices=["llama", "mistral"], default=None, help="serve a built-in demo model")
+    source.add_argument("--checkpoint", default=None, help="Hugging Face checkpoint directory to serve")
+    source.add_argument("--artifact", default=None, help="an artifact built with `ingot build --target portable`")
+    serve.add_argument("--work-dir", default=".cache/serve", help="where artifacts and logs go")
+    serve.add_argument("--triton-grpc-port", type=int, default=0, help="0: a free port")
+    _gateway_args(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Liveness and readiness; open routes, no API key."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from server.errors import error_response, unavailable
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request):
+    if await request.app.state.engine.is_ready():
+        return JSONResponse({"status": "ready", "model": request.app.state.model.name})
+    return error_response(unavailable(f"Triton model not ready at {request.app.state.settings.triton_url}"))
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,88 @@
+"""Runs one generation for a route: engine errors become HTTP errors, metrics and usage are kept."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+from fastapi import Request
+
+from server.errors import APIError, bad_request, unavailable
+from server.generation import Delta, GenerationPlan, generate
+from server.metrics import Metrics
+from server.triton_client import EngineFailed, EngineRejected, EngineUnavailable
+
+T = TypeVar("T")
+
+
+def as_api_error(exc: Exception) -> APIError:
+    if isinstance(exc, EngineUnavailable):
+        return unavailable(f"The inference engine is not reachable or not ready; try again shortly. ({exc})")
+    if isinstance(exc, EngineRejected):
+        return bad_request(f"The engine rejected the request: {exc}")
+    return APIError(500, f"The inference engine failed: {exc}", "server_error", code="engine_error")
+
+
+class GenerationRun:
+    """A generation whose first delta is fetched before any response is sent, so that an
+    unreachable engine is a 503, not a 200 stream that breaks."""
+
+    def __init__(self, request: Request, plan: GenerationPlan, prompt_tokens: int):
+        state = request.app.state
+        self.metrics: Metrics = state.metrics
+        self.plan, self.prompt_tokens = plan, prompt_tokens
+        self.completion_tokens = 0
+        self.started = time.perf_counter()
+        self._deltas = generate(state.engine, state.tokenizer, plan, request.headers.get("x-request-id", ""))
+        self._first: Delta | None = None
+
+    async def start(self) -> None:
+        self.metrics.in_flight.inc()
+        try:
+            self._first = await self._deltas.__anext__()
+        except StopAsyncIteration:
+            self._first = Delta("", finish_reason="stop")
+        except (EngineUnavailable, EngineRejected, EngineFailed) as exc:
+            self.metrics.in_flight.dec()
+            raise as_api_error(exc) from exc
+        self.metrics.time_to_first_token.observe(time.perf_counter() - self.started)
+        self.metrics.prompt_tokens.inc(self.prompt_tokens)
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        """The deltas, the prefetched first included; raises APIError on an engine failure."""
+        try:
+            delta = self._first
+            while delta is not None:
+                self.completion_tokens += len(delta.token_ids)
+                self.metrics.generation_tokens.inc(len(delta.token_ids))
+                yield delta
+                if delta.finish_reason is not None:
+                    return
+                try:
+                    delta = await self._deltas.__anext__()
+                except StopAsyncIteration:
+                    return
+                except (EngineUnavailable, EngineRejected, EngineFailed) as exc:
+                    raise as_api_error(exc) from exc
+        finally:
+            await self._deltas.aclose()
+            self.metrics.in_flight.dec()
+            self.metrics.request_latency.observe(time.perf_counter() - self.started)
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T], poll_s: float = 0.25) -> T:
+    """Await `work`, cancelling it (and so the engine request) if the client goes away first."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                request.app.state.metrics.cancelled.inc()
+                raise APIError(499, "client closed the request", "client_closed_request")
+    finally:
+        if not task.done():
+            task.cancel()

@@ -1,0 +1,66 @@
+"""OpenAI sampling fields checked and turned into one engine request (the contract's vocabulary)."""
+from __future__ import annotations
+
+from engines import contract
+from server.errors import APIError, bad_request
+from server.generation import GenerationPlan
+from server.protocol import SamplingFields
+from server.tokenizer import Tokenizer
+
+UNSUPPORTED = {
+    "logit_bias": "logit_bias is not supported by this server",
+    "tools": "tool calling is not supported by this server",
+    "response_format": "response_format is not supported by this server",
+}
+
+
+def check_model(requested: str, served: str) -> None:
+    if requested != served:
+        raise APIError(404, f"The model '{requested}' does not exist. This server serves '{served}'.",
+                       "invalid_request_error", "model", "model_not_found")
+
+
+def check_supported(fields: SamplingFields) -> None:
+    for name, message in UNSUPPORTED.items():
+        if getattr(fields, name):
+            raise bad_request(message, name, "unsupported_parameter")
+    if fields.n != 1:
+        raise bad_request("Only n=1 is supported.", "n", "unsupported_parameter")
+
+
+def output_budget(requested: int | None, prompt_tokens: int, max_model_len: int, param: str = "messages") -> int:
+    """Tokens the answer may use: the request's max, capped by what the context has left."""
+    room = max_model_len - prompt_tokens
+    if room <= 0:
+        raise bad_request(
+            f"This model's maximum context length is {max_model_len} tokens, but the prompt has "
+            f"{prompt_tokens} tokens. Shorten the prompt.", param, "context_length_exceeded")
+    return room if requested is None else min(requested, room)
+
+
+def plan_generation(fields: SamplingFields, prompt_ids: list[int], tokenizer: Tokenizer, max_tokens: int,
+                    return_log_probs: bool = False) -> GenerationPlan:
+    bad_ids = [t for t in (fields.stop_token_ids or []) if not 0 <= t < tokenizer.vocab_size]
+    if bad_ids:
+        raise bad_request(f"stop_token_ids out of the vocabulary (size {tokenizer.vocab_size}): {bad_ids}",
+                          "stop_token_ids")
+    temperature = 1.0 if fields.temperature is None else fields.temperature
+    greedy = temperature == 0.0
+    request = contract.GenerationRequest(
+        input_ids=prompt_ids,
+        request_output_len=max_tokens,
+        end_id=None if fields.ignore_eos else tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        streaming=True,
+        temperature=1.0 if greedy else temperature,
+        top_k=1 if greedy else (fields.top_k or 0),
+        top_p=1.0 if fields.top_p is None else fields.top_p,
+        random_seed=fields.seed,
+        repetition_penalty=fields.repetition_penalty or 1.0,
+        presence_penalty=fields.presence_penalty,
+        frequency_penalty=fields.frequency_penalty,
+        min_length=min(fields.min_tokens, max_tokens),
+        stop_words=[[t] for t in (fields.stop_token_ids or [])],
+        return_log_probs=return_log_probs,
+    )
+    return GenerationPlan(request, fields.stop_strings(), fields.skip_special_tokens)

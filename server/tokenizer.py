@@ -1,0 +1,38 @@
+"""The gateway's tokenizer: prompts and chat templates in, token ids out, and back to text."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from server.errors import bad_request
+
+
+class Tokenizer:
+    def __init__(self, tokenizer_dir: Path):
+        from transformers import AutoTokenizer
+
+        self._tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+        self.vocab_size = len(self._tok)
+        self.eos_token_id = self._tok.eos_token_id
+        self.pad_token_id = self._tok.pad_token_id if self._tok.pad_token_id is not None else self.eos_token_id
+        self.has_chat_template = bool(getattr(self._tok, "chat_template", None))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=True))
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        if not self.has_chat_template:
+            raise bad_request("This model has no chat template; use /v1/completions.", "messages")
+        try:
+            text = self._tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+        except Exception as exc:  # jinja raises its own errors, e.g. raise_exception() in templates
+            raise bad_request(f"The chat template rejected these messages: {exc}", "messages") from exc
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
+
+    def token_text(self, token_id: int) -> str:
+        return self._tok.convert_tokens_to_string([self._tok.convert_ids_to_tokens(token_id)])
+
+    def encode_stop_sequences(self, stops: list[str]) -> list[list[int]]:
+        return [list(self._tok.encode(stop, add_special_tokens=False)) for stop in stops]

@@ -1,0 +1,114 @@
+"""The gateway's only way to an engine: Triton's gRPC streaming API with the contract's tensors.
+
+Each generation opens its own bidirectional stream with one request, so leaving the iteration early
+(a stop string, a client that went away) cancels exactly that request in Triton, which stops it in
+the engine.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from engines import contract
+
+RESPONSE_TENSORS = ("output_ids", "sequence_length", "output_log_probs")
+UNAVAILABLE_MARKERS = ("unavailable", "failed to connect", "connection refused", "is not found", "not ready",
+                       "deadline exceeded", "socket closed", "unknown model")
+
+
+class EngineUnavailable(RuntimeError):
+    """Triton cannot be reached or the model is not loaded: the gateway answers 503."""
+
+
+class EngineRejected(ValueError):
+    """The engine refused the request as invalid: the gateway answers 400."""
+
+
+class EngineFailed(RuntimeError):
+    """The engine failed while generating: the gateway answers 500."""
+
+
+def classify(error: Exception) -> Exception:
+    message = str(error)
+    lowered = message.lower()
+    if "invalid request:" in lowered:
+        return EngineRejected(message[lowered.index("invalid request:") + len("invalid request:"):].strip())
+    if any(marker in lowered for marker in UNAVAILABLE_MARKERS):
+        return EngineUnavailable(message)
+    return EngineFailed(message)
+
+
+def _infer_inputs(tensors: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
+    inputs = []
+    for name, array in tensors.items():
+        infer_input = grpcclient.InferInput(name, list(array.shape), contract.INPUT_SPECS[name].dtype)
+        infer_input.set_data_from_numpy(array)
+        inputs.append(infer_input)
+    return inputs
+
+
+def _is_final(result) -> bool:
+    parameters = result.get_response().parameters
+    return "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
+
+
+class TritonEngineClient:
+    def __init__(self, url: str, model_name: str = contract.MODEL_NAME, ready_timeout_s: float = 2.0):
+        self.url, self.model_name, self.ready_timeout_s = url, model_name, ready_timeout_s
+        self._client: grpcclient.InferenceServerClient | None = None
+
+    @property
+    def client(self) -> grpcclient.InferenceServerClient:
+        if self._client is None:  # created lazily: it binds to the running event loop
+            self._client = grpcclient.InferenceServerClient(self.url)
+        return self._client
+
+    async def is_ready(self) -> bool:
+        try:
+            return await asyncio.wait_for(self.client.is_model_ready(self.model_name), self.ready_timeout_s)
+        except (InferenceServerException, grpc.RpcError, asyncio.TimeoutError, OSError):
+            return False
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def generate(self, request: contract.GenerationRequest, request_id: str = "") -> AsyncIterator[contract.GenerationChunk]:
+        """Chunks of new tokens until the final one; raises EngineUnavailable/EngineRejected/EngineFailed."""
+        done = asyncio.Event()
+        outputs = [grpcclient.InferRequestedOutput(name) for name in RESPONSE_TENSORS
+                   if name != "output_log_probs" or request.return_log_probs]
+        inputs = _infer_inputs(contract.encode_request(request))
+
+        async def requests():
+            yield {"model_name": self.model_name, "inputs": inputs, "outputs": outputs, "request_id": request_id}
+            await done.wait()  # keep our half of the stream open until the answer is complete
+
+        try:
+            call = self.client.stream_infer(requests())
+        except InferenceServerException as exc:
+            raise classify(exc) from exc
+        finished = False
+        try:
+            async for result, error in call:
+                if error is not None:
+                    raise classify(error)
+                tensors = {name: result.as_numpy(name) for name in RESPONSE_TENSORS}
+                chunk = contract.decode_chunk(tensors, final=_is_final(result))
+                yield chunk
+                if chunk.final:
+                    finished = True
+                    return
+            raise EngineFailed("the engine closed the stream before its final response")
+        except (InferenceServerException, grpc.RpcError) as exc:
+            raise classify(exc) from exc
+        finally:
+            done.set()
+            if not finished:
+                call.cancel()

@@ -1,0 +1,52 @@
+"""Incremental detokenization and stop strings on the demo tokenizer (Chinese and emoji included)."""
+import pytest
+
+from server.detokenizer import IncrementalDetokenizer
+from server.stops import StopMatcher
+from server.tokenizer import Tokenizer
+
+TEXTS = ["你好，世界！欢迎使用我们的推理服务。", "Emoji work too: 😀 🚀 🎉 ❤️ 👍 done", "café naïve über señor 3.14159"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(demo_checkpoints):
+    return Tokenizer(demo_checkpoints["llama"])
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_one_token_at_a_time_never_emits_broken_utf8(tokenizer, text):
+    ids = tokenizer.encode(text)
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    pieces = [detokenizer.add([token]) for token in ids] + [detokenizer.flush()]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert any(piece == "" for piece in pieces[:-1]), "multi-byte characters span several tokens here"
+
+
+def test_truncated_character_is_flushed_as_replacement(tokenizer):
+    ids = tokenizer.encode("😀")[1:]  # without BOS: several byte tokens
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    assert detokenizer.add(ids[:-1]) == ""
+    assert "\ufffd" in detokenizer.flush()
+
+
+def test_stop_string_split_across_feeds_is_never_emitted():
+    matcher = StopMatcher(["STOP", "结束"])
+    emitted = [matcher.feed(part) for part in ["abc S", "T", "O", "P tail"]]
+    assert "".join(emitted) == "abc "
+    assert matcher.stopped and matcher.feed("more") == ""
+
+
+def test_partial_match_that_fails_is_released():
+    matcher = StopMatcher(["STOP"])
+    assert matcher.feed("xST") == "x"
+    assert matcher.feed("ART") == "START"
+    assert matcher.flush() == "" and not matcher.stopped
+
+
+def test_chinese_stop_string_and_flush():
+    matcher = StopMatcher(["结束"])
+    assert matcher.feed("你好结") == "你好"
+    assert matcher.flush() == "结"
+    matcher = StopMatcher(["结束"])
+    assert matcher.feed("你好结") + matcher.feed("束了") == "你好" and matcher.stopped
