@@ -1,4 +1,6 @@
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+DEMO ?= llama
+PORT ?= 8000
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -14,7 +16,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 serve: $(STAMP)
-	$(PY) -m server.cli serve --demo llama
+	$(PY) -m server.cli serve --demo $(DEMO) --port $(PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -163,7 +163,8 @@ def make_demo_checkpoint(kind: str, out_dir: str | Path, seed: int = 0) -> Path:
     tokenizer.save(str(out / "tokenizer.json"))
     _write_json(out / "config.json", config)
     _write_json(out / "tokenizer_config.json", tokenizer_config(config))
-    _write_json(out / "special_tokens_map.json", {"bos_token": BOS, "eos_token": IM_END, "unk_token": UNK, "pad_token": EOS})
+    special = {"bos_token": BOS, "eos_token": IM_END, "unk_token": UNK, "pad_token": EOS}
+    _write_json(out / "special_tokens_map.json", special)
     _write_json(out / "generation_config.json", {
         "bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"], "do_sample": False,
     })

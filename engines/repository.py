@@ -25,7 +25,7 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "chat_template.jinja",
 )
-PORTABLE_MODEL_SHIM = '''"""Triton Python-backend entry point: the portable engine serving the `tensorrt_llm` contract."""
+PORTABLE_MODEL_SHIM = '''"""Triton Python-backend entry point: the portable engine serving the contract."""
 from engines.triton.portable_model import TritonPythonModel  # noqa: F401
 '''
 

@@ -79,7 +79,9 @@ class TritonEngineClient:
             await self._client.close()
             self._client = None
 
-    async def generate(self, request: contract.GenerationRequest, request_id: str = "") -> AsyncIterator[contract.GenerationChunk]:
+    async def generate(
+        self, request: contract.GenerationRequest, request_id: str = ""
+    ) -> AsyncIterator[contract.GenerationChunk]:
         """Chunks of new tokens until the final one; raises EngineUnavailable/EngineRejected/EngineFailed."""
         done = asyncio.Event()
         outputs = [grpcclient.InferRequestedOutput(name) for name in RESPONSE_TENSORS

@@ -22,6 +22,17 @@ class TritonStartError(RuntimeError):
     pass
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: on Linux, the kernel ends tritonserver if its parent dies."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def pytriton_root() -> Path:
     import pytriton
 
@@ -138,10 +149,12 @@ def start_triton(
         f"--grpc-port={ports[1]}",
         f"--metrics-port={ports[2]}",
         "--exit-on-error=true",
+        "--exit-timeout-secs=10",
         "--log-verbose=0",
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(), start_new_session=True
+            command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(), start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
     return TritonServer(process, host, *ports, log_path=log_path)

@@ -46,9 +46,31 @@ class TritonPythonModel:
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = False
+        self.gauges = self._make_gauges(args["model_name"])
         self.loop = threading.Thread(target=self._run, name="portable-engine", daemon=True)
         self.loop.start()
         self.logger.log_info(f"portable engine ready: {checkpoint}")
+
+    @staticmethod
+    def _make_gauges(model_name: str) -> dict:
+        """Engine state exported on Triton's own metrics endpoint (scraped with Triton's metrics)."""
+        descriptions = {
+            "ingot_engine_running_requests": "Requests the portable engine holds (running or waiting).",
+            "ingot_engine_free_kv_blocks": "Free paged KV-cache blocks.",
+            "ingot_engine_total_kv_blocks": "All paged KV-cache blocks.",
+        }
+        gauges = {}
+        for name, description in descriptions.items():
+            family = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.GAUGE)
+            gauges[name] = family.Metric(labels={"model": model_name})
+        return gauges
+
+    def _update_gauges(self) -> None:
+        with self.lock:
+            running = len(self.in_flight)
+        self.gauges["ingot_engine_running_requests"].set(running)
+        self.gauges["ingot_engine_free_kv_blocks"].set(self.engine.num_free_blocks)
+        self.gauges["ingot_engine_total_kv_blocks"].set(self.engine.num_total_blocks)
 
     def execute(self, requests):
         for request in requests:
@@ -105,6 +127,7 @@ class TritonPythonModel:
     def _run(self) -> None:
         while not self.stopping:
             self._abort_cancelled()
+            self._update_gauges()
             if not self.engine.has_unfinished():
                 self.wake.wait(timeout=0.05)
                 self.wake.clear()

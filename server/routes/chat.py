@@ -21,7 +21,7 @@ def _logprobs(tokenizer: Tokenizer, token_ids: list[int], logprobs: list[float] 
     if logprobs is None:
         return None
     content = []
-    for token_id, logprob in zip(token_ids, logprobs):
+    for token_id, logprob in zip(token_ids, logprobs, strict=False):
         text = tokenizer.token_text(token_id)
         content.append(TokenLogprob(token=text, logprob=logprob, bytes=list(text.encode("utf-8"))))
     return ChoiceLogprobs(content=content)

@@ -42,7 +42,7 @@ def _logprobs(tokenizer: Tokenizer, token_ids: list[int], logprobs: list[float],
     for token in tokens:
         offsets.append(position)
         position += len(token)
-    top = [{token: logprob} for token, logprob in zip(tokens, logprobs)] if want_top else None
+    top = [{token: logprob} for token, logprob in zip(tokens, logprobs, strict=False)] if want_top else None
     return CompletionLogprobs(tokens=tokens, token_logprobs=list(logprobs), top_logprobs=top, text_offset=offsets)
 
 

@@ -1,0 +1,44 @@
+"""Reference outputs for the end-to-end tests: transformers' greedy decoding of the demo model."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def reference_model(demo_checkpoints):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(demo_checkpoints["llama"], dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def reference_logprobs(reference_model):
+    """Callable(prompt_ids, new_ids) -> log-probabilities of new_ids under transformers."""
+    import torch
+
+    def logprobs(prompt_ids: list[int], new_ids: list[int]) -> list[float]:
+        ids = torch.tensor([prompt_ids + new_ids])
+        with torch.no_grad():
+            logits = reference_model(ids).logits[0, len(prompt_ids) - 1: -1].float()
+        return logits.log_softmax(-1).gather(-1, torch.tensor(new_ids)[:, None])[:, 0].tolist()
+
+    return logprobs
+
+
+@pytest.fixture(scope="session")
+def reference_greedy(reference_model):
+    """Callable(prompt_ids, max_new_tokens) -> new ids, by transformers, stopping at EOS like the engine."""
+    import torch
+
+    model = reference_model
+    eos = model.config.eos_token_id
+
+    def greedy(prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=eos, pad_token_id=eos)
+        new = out[0, len(prompt_ids):].tolist()
+        return new[: new.index(eos)] if eos in new else new
+
+    return greedy
