@@ -24,6 +24,7 @@ class Manifest:
     target: str  # "portable" or "trtllm"
     max_model_len: int
     tokenizer_dir: str = "tokenizer"
+    tokenizer: dict = field(default_factory=dict)  # files, chat template source, bos/eos tokens
     profile: dict = field(default_factory=dict)
     plan: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)
@@ -61,12 +62,24 @@ def file_hashes(root: Path) -> dict[str, str]:
 
 def tool_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for package in ("ingot", "torch", "transformers", "tensorrt_llm", "tritonclient"):
+    for package in ("ingot", "torch", "transformers", "tensorrt_llm", "tensorrt", "tritonclient", "boto3"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def manifest_bytes(manifest: Manifest) -> bytes:
+    return (json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n").encode()
+
+
+def parse_manifest(text: str | bytes, source: str = MANIFEST_NAME) -> Manifest:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: not valid JSON ({exc})") from exc
+    return Manifest.from_dict(data)
 
 
 def write_manifest(root: Path, manifest: Manifest) -> Manifest:
@@ -75,7 +88,7 @@ def write_manifest(root: Path, manifest: Manifest) -> Manifest:
     manifest.files = file_hashes(root)
     manifest.tool_versions = manifest.tool_versions or tool_versions()
     manifest.created_at = manifest.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
-    (root / MANIFEST_NAME).write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")
+    (root / MANIFEST_NAME).write_bytes(manifest_bytes(manifest))
     return manifest
 
 
@@ -83,11 +96,7 @@ def read_manifest(root: Path) -> Manifest:
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest; is this an artifact directory written by `ingot build`?")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    return Manifest.from_dict(data)
+    return parse_manifest(path.read_text(), str(path))
 
 
 def verify_files(root: Path, manifest: Manifest) -> list[str]:

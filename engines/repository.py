@@ -166,3 +166,63 @@ def write_portable_repository(checkpoint_dir: Path, artifact_dir: Path, settings
     (paths.model_dir / "config.pbtxt").write_text(config)
     copy_tokenizer(checkpoint_dir, paths.tokenizer)
     return paths
+
+
+@dataclass(frozen=True)
+class TrtllmSettings:
+    """Parameters of the `tensorrt_llm` model served by NVIDIA's TensorRT-LLM backend.
+
+    `gpt_model_path` is where the engine lies inside the Triton container: the artifact's
+    model_repository/tensorrt_llm/1 as the deployment mounts it.
+    """
+
+    gpt_model_path: str = "/models/model_repository/tensorrt_llm/1"
+    max_batch_size: int = 64
+    max_beam_width: int = 1
+    kv_cache_free_gpu_mem_fraction: float = 0.9
+    batch_scheduler_policy: str = "max_utilization"  # or guaranteed_no_evict
+    enable_chunked_context: bool = True
+    enable_kv_cache_reuse: bool = True
+    cancellation_check_period_ms: int = 100
+    normalize_log_probs: bool = True
+    max_queue_delay_microseconds: int = 0
+
+    def parameters(self) -> dict[str, str]:
+        def flag(value: bool) -> str:
+            return "true" if value else "false"
+
+        return {
+            "gpt_model_type": "inflight_fused_batching",
+            "gpt_model_path": self.gpt_model_path,
+            "batch_scheduler_policy": self.batch_scheduler_policy,
+            "kv_cache_free_gpu_mem_fraction": str(self.kv_cache_free_gpu_mem_fraction),
+            "enable_chunked_context": flag(self.enable_chunked_context),
+            "enable_kv_cache_reuse": flag(self.enable_kv_cache_reuse),
+            "exclude_input_in_output": "true",
+            "max_beam_width": str(self.max_beam_width),
+            "cancellation_check_period_ms": str(self.cancellation_check_period_ms),
+            "normalize_log_probs": flag(self.normalize_log_probs),
+            "decoding_mode": "top_k_top_p",
+        }
+
+
+def write_trtllm_repository(engine_dir: Path, artifact_dir: Path, checkpoint_dir: Path,
+                            settings: TrtllmSettings) -> ArtifactPaths:
+    """Model repository for the TensorRT-LLM backend: config.pbtxt beside the engine in version 1.
+
+    `engine_dir` must already be (or be copied to) model_repository/tensorrt_llm/1; the backend
+    itself runs the GPUs, so the instance group is KIND_CPU as in NVIDIA's own template.
+    """
+    paths = ArtifactPaths(Path(artifact_dir))
+    version_dir = paths.model_dir / "1"
+    engine_dir = Path(engine_dir)
+    if engine_dir.resolve() != version_dir.resolve():
+        shutil.copytree(engine_dir, version_dir, dirs_exist_ok=True)
+    config = render_config_pbtxt(
+        "tensorrtllm", settings.parameters(), max_batch_size=settings.max_batch_size,
+        max_queue_delay_microseconds=settings.max_queue_delay_microseconds,
+    )
+    parse_config_pbtxt(config)
+    (paths.model_dir / "config.pbtxt").write_text(config)
+    copy_tokenizer(Path(checkpoint_dir), paths.tokenizer)
+    return paths

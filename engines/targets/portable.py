@@ -13,8 +13,14 @@ def build_portable(
     artifact_dir: Path,
     settings: PortableSettings | None = None,
     model_name: str | None = None,
+    profile: dict | None = None,
+    plan: dict | None = None,
+    tokenizer: dict | None = None,
 ) -> Manifest:
-    """Write the artifact (model repository, tokenizer, manifest) and return its manifest."""
+    """Write the artifact (model repository, tokenizer, manifest) and return its manifest.
+
+    `profile`, `plan` and `tokenizer` (from `ingot build`) are recorded in the manifest as they are.
+    """
     checkpoint_dir, artifact_dir = Path(checkpoint_dir), Path(artifact_dir)
     settings = settings or PortableSettings()
     config = json.loads((checkpoint_dir / "config.json").read_text())
@@ -25,6 +31,8 @@ def build_portable(
         target="portable",
         max_model_len=int(config["max_position_embeddings"]),
         source={"checkpoint": str(checkpoint_dir)},
-        plan={"engine_parameters": settings.parameters()},
+        plan={"engine_parameters": settings.parameters(), **(plan or {})},
+        profile=profile or {},
+        tokenizer=tokenizer or {},
     )
     return write_manifest(artifact_dir, manifest)
