@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def fake_container(plan, tamper=None):
     """Plays convert_checkpoint.py and trtllm-build: writes what they write, from the commands' own flags."""
     def runner(command: list[str], log_path: Path) -> None:
-        args = dict(zip(command[2::2], command[3::2])) if command[0] == "python3" else dict(
-            zip(command[1::2], command[2::2]))
+        args = {flag: value for flag, value in zip(command, command[1:] + [""], strict=True)
+                if flag.startswith("--") and not value.startswith("--")}
         if command[0] == "python3":
             out = Path(args["--output_dir"])
             out.mkdir(parents=True, exist_ok=True)
