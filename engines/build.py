@@ -204,6 +204,5 @@ def _build(options: BuildOptions, console: Console, stdout: Console, scratch: Pa
     if staging is not None:
         steps(f"upload to {options.out}")
         artifacts.upload_artifact(staging, options.out, client=artifacts.s3_client(options.endpoint_url))
-    steps.progress.stop()
     console.print(f"built {options.target} artifact: {options.out}", markup=False)
     return EXIT_OK
