@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-# Short, common words: without a tokenizer, one word is close to one token for most vocabularies.
+# Short, common words for prompts without a tokenizer: one word is close to one token for most vocabularies.
 WORDS = (
     "the of and to in is was for on are with as at be by this from or have an they which one had word but not "
     "what all were when we there can use each she how their if will up other about out many then them these so "
@@ -92,17 +92,25 @@ def exact_prompt(tokenizer: Tokenizer, pool: list[int], n_tokens: int, rng: rand
     raise RuntimeError(f"could not build a prompt of exactly {n_tokens} tokens with this tokenizer")
 
 
-def _word_token_pool(tokenizer: Tokenizer) -> list[int]:
-    """Ids of the common words (with a leading space) that the tokenizer keeps as one token, else any ids."""
-    pool = []
-    for word in WORDS:
-        ids = tokenizer.encode(" " + word, add_special_tokens=False).ids
-        if len(ids) == 1:
-            pool.append(ids[0])
-    if len(pool) >= 20:
-        return pool
-    special = {token.content for token in tokenizer.get_added_tokens_decoder().values()}
-    return [i for i in range(tokenizer.get_vocab_size()) if tokenizer.id_to_token(i) not in special]
+def _word_token_pool(tokenizer: Tokenizer, sample: int = 5000) -> list[int]:
+    """Ids of whole words with a leading space that survive decode → encode as themselves.
+
+    Such tokens do not merge with their neighbours, so a prompt of n of them is n tokens long. Only a
+    sample of a large vocabulary is checked; without enough words, any round-trip-stable token will do.
+    """
+    ids = list(range(tokenizer.get_vocab_size()))
+    ids = ids if len(ids) <= sample else random.Random(0).sample(ids, sample)
+    stable = [i for i in ids if tokenizer.encode(tokenizer.decode([i]), add_special_tokens=False).ids == [i]]
+    words = [i for i in stable if _is_word(tokenizer.decode([i]))]
+    if len(words) >= 20:
+        return words
+    if not stable:
+        raise ValueError("the tokenizer has no token that decodes and re-encodes to itself")
+    return stable
+
+
+def _is_word(text: str) -> bool:
+    return len(text) > 2 and text[0] == " " and text[1:].isascii() and text[1:].isalpha()
 
 
 def from_file(path: str | Path, count: int, output_len: LengthSpec | None, seed: int,
