@@ -88,7 +88,7 @@ def test_startup_probes_leave_time_to_load_the_engine():
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_image_is_pinned_to_a_version_tag(overlay):
-    for deployment, container, _ in all_containers(overlay):
+    for _, container, _ in all_containers(overlay):
         image = container["image"]
         name, _, tag = image.rpartition(":")
         assert name and "/" not in tag, f"{image}: no tag"
