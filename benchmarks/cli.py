@@ -23,7 +23,9 @@ from benchmarks.targets import APIS, SERVERS, Target, parse_target
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    args.argv = list(argv)
     try:
         return args.handler(args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
@@ -122,7 +124,8 @@ def _settings(args: argparse.Namespace) -> dict:
     source = (f"prompts from {args.prompts}" if args.prompts else
               f"synthetic, {args.input_tokens} in / {args.output_tokens or 128} out tokens, {args.length_dist}"
               + (f" ±{args.length_spread:g}" if args.length_dist != "fixed" else ""))
-    return {"workload": source, "tokenizer": str(args.tokenizer) if args.tokenizer else None, "seed": args.seed,
+    return {"command": "ingot bench " + " ".join(args.argv), "workload": source,
+            "tokenizer": str(args.tokenizer) if args.tokenizer else None, "seed": args.seed,
             "num_requests": args.num_requests, "duration_s": args.duration,
             "request_timeout_s": args.request_timeout, "load": "open loop (Poisson)" if args.rate else "closed loop"}
 
