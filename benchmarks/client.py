@@ -87,12 +87,12 @@ async def _read_stream(response: httpx.Response, target: Target, record: Request
         raise StreamError("stream_incomplete", f"the stream ended after {chunks} chunks without a final event")
     if not record.usage_reported:
         record.output_tokens = chunks
-    if chunks == 0:
+    if record.output_tokens == 0:
         raise StreamError("no_output", "the stream finished without any output")
 
 
 def _openai_chunk(event: dict, record: RequestRecord) -> tuple[bool, bool]:
-    """(carries output, is final). Role-only and usage-only chunks carry no output."""
+    """(carries output, is final). Role-only, finish-only and usage-only chunks carry no output."""
     usage = event.get("usage")
     if usage:
         record.prompt_tokens = usage.get("prompt_tokens")
@@ -101,7 +101,7 @@ def _openai_chunk(event: dict, record: RequestRecord) -> tuple[bool, bool]:
     for choice in event.get("choices") or []:
         delta = choice.get("delta") or {}
         text = delta.get("content") or delta.get("reasoning_content") or choice.get("text")
-        if text or choice.get("finish_reason") or choice.get("logprobs"):
+        if text or choice.get("logprobs"):
             return True, False
     return False, False
 
