@@ -98,6 +98,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("targets need distinct names (name=...)")
     points = ([LoadPoint("rate", r) for r in args.rate] if args.rate
               else [LoadPoint("concurrency", int(c)) for c in args.concurrency or [1]])
+    for point in points:
+        if point.mode == "concurrency" and point.value > args.num_requests:
+            print(f"warning: {point.label} with {args.num_requests} requests never has more than "
+                  f"{args.num_requests} users in flight; raise --num-requests", file=sys.stderr)
     sweep = Sweep(targets, points, _workload(args), args.seed, Limits(args.duration, args.request_timeout))
     with SweepProgress(enabled=not args.quiet) as progress:
         resolved, runs = asyncio.run(run_sweep(sweep, progress))

@@ -87,6 +87,8 @@ def markdown(report: dict) -> str:
     settings = report["settings"]
     lines = [f"# Benchmark: {' vs '.join(names)}", "",
              f"{report['created']} · workload: {settings.get('workload')} · seed {settings.get('seed')}", ""]
+    if settings.get("command"):
+        lines += [f"`{settings['command']}`", ""]
     for target in report["targets"]:
         lines.append(f"- **{target['name']}**: {target['url']} ({target['api']} API, {target['server']} server, "
                      f"model {target['model']})")
