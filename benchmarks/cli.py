@@ -14,7 +14,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import calibration, plots, report as reports, workload
+from benchmarks import calibration, report as reports, workload
 from benchmarks.load import Limits, LoadPoint
 from benchmarks.metrics import DEFAULT_SPEED_LIMITS
 from benchmarks.progress import SweepProgress
@@ -138,6 +138,11 @@ def write_all(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     reports.write_json(report, out / "report.json")
     (out / "summary.md").write_text(reports.markdown(report))
+    try:
+        from benchmarks import plots
+    except ImportError:  # matplotlib comes with the `bench` extra; the data is complete without it
+        print("warning: no plots: matplotlib is not installed (pip install 'ingot[bench]')", file=sys.stderr)
+        return
     plots.frontier(report, out / "frontier.png")
     plots.ttft_vs_load(report, out / "ttft.png")
 
