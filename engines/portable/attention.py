@@ -1,0 +1,65 @@
+"""Attention over the paged KV cache for a flat batch mixing prefills, prefill chunks and decodes.
+
+The KV cache of one layer is a pair of tensors [num_blocks, block_size, kv_heads, head_dim]. New K/V
+are written with one index_copy through the slot mapping; each sequence then attends to its whole
+context through its block table. This version gathers each sequence's keys into a padded batch and
+runs SDPA with an explicit mask (causal, context length, sliding window): one batched call, correct
+for every mix of work. A GPU path can replace `paged_attention` alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] cache slot of each new token
+    block_tables: torch.Tensor  # [B, max_blocks]
+    context_lens: torch.Tensor  # [B] tokens in the cache after this step
+    query_lens: torch.Tensor  # [B] new tokens this step
+    token_seq: torch.Tensor  # [T] which sequence a token belongs to
+    token_pos_in_query: torch.Tensor  # [T] its index among that sequence's new tokens
+    max_query_len: int
+    max_context_len: int
+    block_size: int
+    sliding_window: int | None = None
+
+
+def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    kv_heads, head_dim = k_cache.shape[-2:]
+    k_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, v)
+
+
+def _visible(meta: AttentionMetadata, device: torch.device) -> torch.Tensor:
+    """[B, Lq, Lk] bool: which cached positions each query position may attend to."""
+    query_index = torch.arange(meta.max_query_len, device=device)
+    key_pos = torch.arange(meta.max_context_len, device=device)
+    query_pos = (meta.context_lens - meta.query_lens)[:, None] + query_index[None, :]
+    visible = key_pos[None, None, :] <= query_pos[:, :, None]
+    visible &= key_pos[None, None, :] < meta.context_lens[:, None, None]
+    if meta.sliding_window is not None:
+        visible &= (query_pos[:, :, None] - key_pos[None, None, :]) < meta.sliding_window
+    return visible
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+                    scale: float) -> torch.Tensor:
+    """q [T, H, D] of the new tokens -> attention output [T, H, D]."""
+    batch, heads, head_dim = meta.context_lens.numel(), q.shape[1], q.shape[2]
+    kv_heads = k_cache.shape[-2]
+    padded_q = q.new_zeros(batch, meta.max_query_len, heads, head_dim)
+    padded_q[meta.token_seq, meta.token_pos_in_query] = q
+    key_pos = torch.arange(meta.max_context_len, device=q.device)
+    slots = meta.block_tables[:, key_pos // meta.block_size] * meta.block_size + key_pos % meta.block_size
+    keys = k_cache.view(-1, kv_heads, head_dim)[slots]  # [B, Lk, KV, D]
+    values = v_cache.view(-1, kv_heads, head_dim)[slots]
+    out = F.scaled_dot_product_attention(
+        padded_q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
+        attn_mask=_visible(meta, q.device)[:, None], scale=scale, enable_gqa=heads != kv_heads,
+    )
+    return out.transpose(1, 2)[meta.token_seq, meta.token_pos_in_query]

@@ -1,0 +1,98 @@
+"""Paged KV-cache blocks: allocation with reference counts, and prefix reuse by chained block hashes.
+
+A full block's hash covers its tokens and every token before it (the previous block's hash), so
+equal hashes mean equal prefixes. Freed blocks keep their contents and hash until they are handed out
+again, least recently freed first, so a later request with the same prefix can still reuse them.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from engines.portable.sequence import Sequence
+
+
+def block_hash(previous: int | None, tokens: list[int]) -> int:
+    return hash((previous, tuple(tokens)))
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.ref_counts = [0] * num_blocks
+        self.hash_of: list[int | None] = [None] * num_blocks
+        self.cached: dict[int, int] = {}  # hash -> block id
+        self.free: OrderedDict[int, None] = OrderedDict((block, None) for block in range(num_blocks))
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free)
+
+    def blocks_needed(self, seq: Sequence, num_new_tokens: int) -> int:
+        total = seq.num_computed_tokens + num_new_tokens
+        return max(0, -(-total // self.block_size) - len(seq.block_table))
+
+    def can_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
+        return self.blocks_needed(seq, num_new_tokens) <= len(self.free)
+
+    def _take_free_block(self) -> int:
+        block, _ = self.free.popitem(last=False)
+        old_hash = self.hash_of[block]
+        if old_hash is not None and self.cached.get(old_hash) == block:
+            del self.cached[old_hash]
+        self.hash_of[block] = None
+        self.ref_counts[block] = 1
+        return block
+
+    def allocate(self, seq: Sequence, num_new_tokens: int) -> None:
+        """Give `seq` the blocks that its next `num_new_tokens` tokens need."""
+        needed = self.blocks_needed(seq, num_new_tokens)
+        if needed > len(self.free):
+            raise RuntimeError("not enough free KV blocks; check can_allocate first")
+        seq.block_table.extend(self._take_free_block() for _ in range(needed))
+
+    def reuse_prefix(self, seq: Sequence) -> int:
+        """Attach cached blocks matching the start of a new sequence; returns the tokens they cover.
+
+        At least one token is always left to compute, since its logits are needed."""
+        if not self.enable_prefix_caching or seq.block_table:
+            return 0
+        previous = None
+        max_blocks = (seq.num_tokens - 1) // self.block_size
+        for index in range(max_blocks):
+            tokens = seq.token_ids[index * self.block_size:(index + 1) * self.block_size]
+            current = block_hash(previous, tokens)
+            block = self.cached.get(current)
+            if block is None:
+                break
+            if self.ref_counts[block] == 0:
+                del self.free[block]
+            self.ref_counts[block] += 1
+            seq.block_table.append(block)
+            seq.block_hashes.append(current)
+            previous = current
+        seq.num_computed_tokens = len(seq.block_table) * self.block_size
+        return seq.num_computed_tokens
+
+    def register_full_blocks(self, seq: Sequence) -> None:
+        """Publish the hashes of blocks that the last step filled completely."""
+        if not self.enable_prefix_caching:
+            return
+        full = seq.num_computed_tokens // self.block_size
+        while len(seq.block_hashes) < full:
+            index = len(seq.block_hashes)
+            previous = seq.block_hashes[-1] if seq.block_hashes else None
+            tokens = seq.token_ids[index * self.block_size:(index + 1) * self.block_size]
+            current = block_hash(previous, tokens)
+            block = seq.block_table[index]
+            seq.block_hashes.append(current)
+            if current not in self.cached:
+                self.cached[current] = block
+                self.hash_of[block] = current
+
+    def free_sequence(self, seq: Sequence) -> None:
+        for block in reversed(seq.block_table):  # the tail is the least likely to be shared: evict it first
+            self.ref_counts[block] -= 1
+            if self.ref_counts[block] == 0:
+                self.free[block] = None
+        seq.reset_cache_state()

@@ -1,0 +1,176 @@
+"""The portable engine: requests in, new tokens out, one scheduling step at a time.
+
+`add_request` and `abort` may be called from any thread: they go through an inbox that `step()`
+drains. `step()` itself is called from one thread (Triton's model loop, or `generate`).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engines.portable.block_manager import BlockManager
+from engines.portable.config import EngineConfig, ModelConfig
+from engines.portable.loader import load_weights, torch_dtype
+from engines.portable.model import CausalLM
+from engines.portable.model_runner import ModelRunner, kv_cache_blocks
+from engines.portable.sampler import sample
+from engines.portable.sampling import SamplingParams
+from engines.portable.scheduler import Scheduler
+from engines.portable.sequence import Sequence, Status
+
+
+@dataclass
+class StepOutput:
+    request_id: str
+    new_token_ids: list[int]
+    new_logprobs: list[float] | None
+    finished: bool
+    finish_reason: str | None = None  # "stop", "length" or "abort"
+
+
+class LLMEngine:
+    def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, weights: dict):
+        self.model_config, self.config = model_config, engine_config
+        self.max_model_len = engine_config.max_model_len or model_config.max_position_embeddings
+        dtype = torch_dtype(engine_config.dtype)
+        model = CausalLM(model_config, weights, self.max_model_len, engine_config.device, dtype)
+        num_blocks = kv_cache_blocks(model_config, engine_config, dtype)
+        self.blocks = BlockManager(num_blocks, engine_config.block_size, engine_config.enable_prefix_caching)
+        self.scheduler = Scheduler(engine_config, self.blocks)
+        self.runner = ModelRunner(model, engine_config, num_blocks, dtype)
+        self.sequences: dict[str, Sequence] = {}
+        self._inbox: list[tuple[str, object]] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir: str | Path, config: EngineConfig | None = None) -> "LLMEngine":
+        config = config or EngineConfig()
+        model_config = ModelConfig.from_dir(checkpoint_dir)
+        weights = load_weights(Path(checkpoint_dir), model_config, config.device, torch_dtype(config.dtype))
+        return cls(model_config, config, weights)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.blocks.num_free_blocks
+
+    @property
+    def num_total_blocks(self) -> int:
+        return self.blocks.num_blocks
+
+    # ---- requests in (any thread)
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        self._check(prompt_token_ids, params)
+        with self._lock:
+            if request_id in self.sequences or any(rid == request_id for rid, _ in self._inbox):
+                raise ValueError(f"request id {request_id!r} is already in use")
+            self._inbox.append((request_id, (list(prompt_token_ids), params)))
+
+    def abort(self, request_id: str) -> None:
+        with self._lock:
+            self._inbox.append((request_id, None))
+
+    def _check(self, prompt: list[int], params: SamplingParams) -> None:
+        params.validate()
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"token ids out of the vocabulary (size {vocab}): {bad[:5]}")
+        total = len(prompt) + params.max_new_tokens
+        if total > self.max_model_len:
+            raise ValueError(f"prompt ({len(prompt)} tokens) + max_new_tokens ({params.max_new_tokens}) = {total} "
+                             f"exceeds the maximum context length of {self.max_model_len}")
+        capacity = self.blocks.num_blocks * self.config.block_size
+        if total > capacity:
+            raise ValueError(f"{total} tokens exceed the whole KV cache ({capacity} tokens); raise "
+                             "kv_cache_memory_bytes or shorten the request")
+
+    def _drain_inbox(self) -> list[StepOutput]:
+        with self._lock:
+            inbox, self._inbox = self._inbox, []
+        aborted = []
+        for request_id, payload in inbox:
+            if payload is None:
+                seq = self.sequences.pop(request_id, None)
+                if seq is not None:
+                    self.scheduler.remove(seq)
+                    seq.status, seq.finish_reason = Status.FINISHED, "abort"
+                    aborted.append(StepOutput(request_id, [], None, True, "abort"))
+                continue
+            prompt, params = payload
+            seq = Sequence(request_id, prompt, len(prompt), params)
+            if params.seed is not None and not params.greedy:
+                seq.generator = torch.Generator(device=self.config.device).manual_seed(params.seed)
+            self.sequences[request_id] = seq
+            self.scheduler.add(seq)
+        return aborted
+
+    # ---- the loop (one thread)
+
+    def has_unfinished(self) -> bool:
+        with self._lock:
+            pending = bool(self._inbox)
+        return pending or self.scheduler.has_unfinished()
+
+    def step(self) -> list[StepOutput]:
+        outputs = self._drain_inbox()
+        scheduled = self.scheduler.schedule()
+        if not scheduled:
+            return outputs
+        completing = [row for row, (seq, count) in enumerate(scheduled)
+                      if seq.num_computed_tokens + count == seq.num_tokens]
+        logits = self.runner.run(scheduled, completing) if completing else None
+        for seq, count in scheduled:
+            seq.num_computed_tokens += count
+            self.blocks.register_full_blocks(seq)
+        if logits is None:
+            return outputs
+        seqs = [scheduled[row][0] for row in completing]
+        tokens, logprobs = sample(logits, seqs)
+        for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True):
+            outputs.append(self._append(seq, token, logprob))
+        return outputs
+
+    def _append(self, seq: Sequence, token: int, logprob: float) -> StepOutput:
+        params = seq.params
+        new_ids, new_logprobs = [token], [logprob]
+        if token == params.effective_end_id:
+            new_ids, new_logprobs, reason = [], [], "stop"
+        else:
+            seq.token_ids.append(token)
+            seq.logprobs.append(logprob)
+            reason = self._finish_reason(seq)
+        if reason is not None:
+            self.sequences.pop(seq.request_id, None)
+            self.scheduler.remove(seq)
+            seq.status, seq.finish_reason = Status.FINISHED, reason
+        return StepOutput(seq.request_id, new_ids, new_logprobs if params.return_logprobs else None,
+                          reason is not None, reason)
+
+    def _finish_reason(self, seq: Sequence) -> str | None:
+        output = seq.output_token_ids
+        for stop in seq.params.stop_token_sequences:
+            if stop and len(output) >= len(stop) and output[-len(stop):] == stop:
+                return "stop"
+        if seq.num_output_tokens >= seq.params.max_new_tokens or seq.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    # ---- offline use
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
+        params_list = params if isinstance(params, list) else [params] * len(prompts)
+        ids = [f"offline-{index}-{id(prompts)}" for index in range(len(prompts))]
+        results: dict[str, list[int]] = {rid: [] for rid in ids}
+        for rid, prompt, p in zip(ids, prompts, params_list, strict=True):
+            self.add_request(rid, prompt, p)
+        while self.has_unfinished():
+            for output in self.step():
+                if output.request_id in results:
+                    results[output.request_id].extend(output.new_token_ids)
+        return [results[rid] for rid in ids]

@@ -1,0 +1,54 @@
+"""Llama / Mistral forward over a flat batch of tokens from many sequences (RMSNorm, RoPE, GQA, SwiGLU)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engines.portable.attention import AttentionMetadata, paged_attention, write_kv
+from engines.portable.config import ModelConfig
+from engines.portable.rope import RotaryEmbedding
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+class CausalLM:
+    def __init__(self, config: ModelConfig, weights: dict, max_positions: int, device: str, dtype: torch.dtype):
+        self.config, self.weights = config, weights
+        self.rope = RotaryEmbedding(config, max_positions, torch.device(device), dtype)
+        self.q_size = config.num_heads * config.head_dim
+        self.kv_size = config.num_kv_heads * config.head_dim
+        self.scale = config.head_dim ** -0.5
+
+    def _attention(self, layer: dict, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                   cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        cfg = self.config
+        q, k, v = F.linear(x, layer["qkv"]).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = self.rope(q.view(-1, cfg.num_heads, cfg.head_dim), positions)
+        k = self.rope(k.view(-1, cfg.num_kv_heads, cfg.head_dim), positions)
+        write_kv(cache[0], cache[1], k, v.view(-1, cfg.num_kv_heads, cfg.head_dim), meta.slot_mapping)
+        out = paged_attention(q, cache[0], cache[1], meta, self.scale)
+        return F.linear(out.reshape(-1, self.q_size), layer["o"])
+
+    def _mlp(self, layer: dict, x: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(x, layer["gate_up"]).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, layer["down"])
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Hidden states [T, hidden] after the final norm."""
+        eps = self.config.rms_norm_eps
+        hidden = F.embedding(input_ids, self.weights["embed"])
+        for layer, cache in zip(self.weights["layers"], kv_caches, strict=True):
+            hidden = hidden + self._attention(layer, rms_norm(hidden, layer["input_norm"], eps), positions, meta,
+                                              cache)
+            hidden = hidden + self._mlp(layer, rms_norm(hidden, layer["post_norm"], eps))
+        return rms_norm(hidden, self.weights["norm"], eps)
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.weights["lm_head"]).float()

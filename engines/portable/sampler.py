@@ -1,0 +1,89 @@
+"""Batched sampling: penalties, min length, temperature, top-k, top-p, greedy, per-request seeds, logprobs.
+
+Penalties follow their usual definitions: the repetition penalty (as in transformers and TensorRT-LLM)
+divides positive logits and multiplies negative ones of every token seen in the prompt or output;
+presence and frequency penalties (as in OpenAI's API) subtract a constant and a per-occurrence amount
+for tokens of the output. A request with a seed draws its noise from its own generator, so its tokens
+do not depend on what else is in the batch.
+"""
+from __future__ import annotations
+
+import torch
+
+from engines.portable.sequence import Sequence
+
+
+def _padded(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(row) for row in rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    valid = torch.zeros(len(rows), width, dtype=torch.bool)
+    for index, row in enumerate(rows):
+        ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+        valid[index, : len(row)] = True
+    return ids.to(device), valid.to(device)
+
+
+def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    device, vocab = logits.device, logits.shape[-1]
+    repetition = torch.tensor([s.params.repetition_penalty for s in seqs], device=device)
+    presence = torch.tensor([s.params.presence_penalty for s in seqs], device=device)
+    frequency = torch.tensor([s.params.frequency_penalty for s in seqs], device=device)
+    if bool((repetition != 1.0).any()):
+        ids, valid = _padded([s.token_ids for s in seqs], device)
+        seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, ids, valid)
+        penalised = torch.where(logits > 0, logits / repetition[:, None], logits * repetition[:, None])
+        logits = torch.where(seen, penalised, logits)
+    if bool((presence != 0).any() or (frequency != 0).any()):
+        ids, valid = _padded([s.output_token_ids for s in seqs], device)
+        counts = torch.zeros(len(seqs), vocab, device=device).scatter_add_(1, ids, valid.float())
+        logits = logits - frequency[:, None] * counts - presence[:, None] * (counts > 0).float()
+    return logits
+
+
+def apply_min_length(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    for row, seq in enumerate(seqs):
+        end_id = seq.params.effective_end_id
+        if end_id is not None and seq.num_output_tokens < seq.params.min_length:
+            logits[row, end_id] = float("-inf")
+    return logits
+
+
+def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    vocab = logits.shape[-1]
+    k = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    rank = torch.arange(vocab, device=logits.device)[None, :]
+    drop = rank >= k[:, None]
+    probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # probability mass ranked above each token
+    drop |= (before > top_p[:, None]) & (rank > 0)
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+
+
+def _exponential_noise(seqs: list[Sequence], shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+    noise = torch.empty(shape, device=device).exponential_()
+    for row, seq in enumerate(seqs):
+        if seq.generator is not None:
+            noise[row] = torch.empty(shape[1], device=device).exponential_(generator=seq.generator)
+    return noise
+
+
+def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[float]]:
+    """Next token of each sequence and its log-probability under the model's raw distribution."""
+    logprobs = logits.log_softmax(dim=-1)
+    logits = apply_min_length(apply_penalties(logits, seqs), seqs)
+    chosen = logits.argmax(dim=-1)
+    sampled_rows = [row for row, seq in enumerate(seqs) if not seq.params.greedy]
+    if sampled_rows:
+        rows = torch.tensor(sampled_rows, device=logits.device)
+        subset = [seqs[row] for row in sampled_rows]
+        temperature = torch.tensor([s.params.temperature for s in subset], device=logits.device)
+        top_k = torch.tensor([s.params.top_k for s in subset], device=logits.device)
+        top_p = torch.tensor([s.params.top_p for s in subset], device=logits.device)
+        filtered = apply_top_k_top_p(logits[rows] / temperature[:, None], top_k, top_p)
+        probs = filtered.softmax(dim=-1)
+        noise = _exponential_noise(subset, tuple(probs.shape), logits.device)
+        chosen[rows] = (probs / noise).argmax(dim=-1)
+    token_logprobs = logprobs.gather(1, chosen[:, None])[:, 0]
+    return chosen.tolist(), token_logprobs.tolist()

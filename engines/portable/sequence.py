@@ -1,0 +1,46 @@
+"""A request inside the engine: its tokens, its KV blocks, and how far its KV cache is computed."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from engines.portable.sampling import SamplingParams
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    request_id: str
+    token_ids: list[int]
+    num_prompt_tokens: int
+    params: SamplingParams
+    status: Status = Status.WAITING
+    block_table: list[int] = field(default_factory=list)
+    block_hashes: list[int] = field(default_factory=list)  # hashes of the leading full blocks
+    num_computed_tokens: int = 0  # tokens whose K/V are in the cache
+    logprobs: list[float] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    finish_reason: str | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    def reset_cache_state(self) -> None:
+        """After preemption: the KV cache is gone and everything is recomputed later."""
+        self.block_table, self.block_hashes, self.num_computed_tokens = [], [], 0
