@@ -62,15 +62,20 @@ class TritonPythonModel:
         gauges = {}
         for name, description in descriptions.items():
             family = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.GAUGE)
-            gauges[name] = family.Metric(labels={"model": model_name})
+            # A Metric is only valid while its family lives: keep both.
+            gauges[name] = (family, family.Metric(labels={"model": model_name}))
         return gauges
 
     def _update_gauges(self) -> None:
         with self.lock:
             running = len(self.in_flight)
-        self.gauges["ingot_engine_running_requests"].set(running)
-        self.gauges["ingot_engine_free_kv_blocks"].set(self.engine.num_free_blocks)
-        self.gauges["ingot_engine_total_kv_blocks"].set(self.engine.num_total_blocks)
+        values = {
+            "ingot_engine_running_requests": running,
+            "ingot_engine_free_kv_blocks": self.engine.num_free_blocks,
+            "ingot_engine_total_kv_blocks": self.engine.num_total_blocks,
+        }
+        for name, value in values.items():
+            self.gauges[name][1].set(value)
 
     def execute(self, requests):
         for request in requests:
@@ -126,20 +131,21 @@ class TritonPythonModel:
 
     def _run(self) -> None:
         while not self.stopping:
-            self._abort_cancelled()
-            self._update_gauges()
-            if not self.engine.has_unfinished():
-                self.wake.wait(timeout=0.05)
-                self.wake.clear()
-                continue
             try:
-                outputs = self.engine.step()
-            except Exception:  # the engine loop must outlive one bad step; its requests fail loudly
+                self._iterate()
+            except Exception:  # the loop must outlive one bad step; that step's requests fail loudly
                 self.logger.log_error(f"engine step failed:\n{traceback.format_exc()}")
                 self._fail_all("engine step failed; see the Triton log")
-                continue
-            for output in outputs:
-                self._deliver(output)
+
+    def _iterate(self) -> None:
+        self._abort_cancelled()
+        self._update_gauges()
+        if not self.engine.has_unfinished():
+            self.wake.wait(timeout=0.05)
+            self.wake.clear()
+            return
+        for output in self.engine.step():
+            self._deliver(output)
 
     def _abort_cancelled(self) -> None:
         with self.lock:

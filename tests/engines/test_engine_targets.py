@@ -140,7 +140,6 @@ def stream_request(grpc_url: str, prompt_ids: list[int], max_tokens: int, end_id
 @pytest.mark.e2e
 def test_portable_target_end_to_end(demo_checkpoints, tmp_path, triton_server_factory):
     # The Python-backend glue (engines/triton) serves the repository with the portable engine itself.
-    pytest.importorskip("engines.portable", reason="the portable engine (engines/portable) has not landed yet")
     artifact = tmp_path / "demo-llama"
     built = subprocess.run(
         [sys.executable, "-m", "engines.cli", "build", "--checkpoint", str(demo_checkpoints["llama"]),
