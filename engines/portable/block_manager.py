@@ -23,6 +23,7 @@ class BlockManager:
         self.hash_of: list[int | None] = [None] * num_blocks
         self.cached: dict[int, int] = {}  # hash -> block id
         self.free: OrderedDict[int, None] = OrderedDict((block, None) for block in range(num_blocks))
+        self.num_reused_tokens = 0  # prompt tokens whose KV came from the prefix cache
 
     @property
     def num_free_blocks(self) -> int:
@@ -72,6 +73,7 @@ class BlockManager:
             seq.block_hashes.append(current)
             previous = current
         seq.num_computed_tokens = len(seq.block_table) * self.block_size
+        self.num_reused_tokens += seq.num_computed_tokens
         return seq.num_computed_tokens
 
     def register_full_blocks(self, seq: Sequence) -> None:

@@ -1,0 +1,88 @@
+"""Engine API: bad input, abort, block accounting, rope scaling against transformers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engines.portable.block_manager import BlockManager
+from engines.portable.config import ModelConfig
+from engines.portable.rope import inverse_frequencies
+from engines.portable.sampling import SamplingParams
+from engines.portable.sequence import Sequence
+from tests.portable.conftest import prompt_of
+
+
+@pytest.mark.parametrize("prompt,params,message", [
+    ([], SamplingParams(max_new_tokens=4), "prompt is empty"),
+    ([1, 10**6], SamplingParams(max_new_tokens=4), "out of the vocabulary"),
+    ([1, 2], SamplingParams(max_new_tokens=600), "exceeds the maximum context length of 512"),
+    ([1, 2], SamplingParams(max_new_tokens=0), "max_new_tokens must be at least 1"),
+    ([1, 2], SamplingParams(max_new_tokens=4, top_p=0.0), "top_p must be in"),
+    ([1, 2], SamplingParams(max_new_tokens=4, temperature=-1.0), "temperature must be >= 0"),
+])
+def test_bad_requests_raise_clear_errors(make_engine, prompt, params, message):
+    with pytest.raises(ValueError, match=message):
+        make_engine("llama").add_request("x", prompt, params)
+
+
+def test_request_larger_than_the_kv_cache_is_refused(make_engine):
+    with pytest.raises(ValueError, match="exceed the whole KV cache"):
+        make_engine("llama", num_kv_blocks=2, block_size=8).add_request("x", [1] * 10, SamplingParams(max_new_tokens=8))
+
+
+def test_abort_frees_every_block(make_engine):
+    engine = make_engine("llama", block_size=8)
+    for index in range(4):
+        engine.add_request(f"r{index}", prompt_of(30, seed=index), SamplingParams(max_new_tokens=100, temperature=0))
+    for _ in range(3):
+        engine.step()
+    assert engine.num_free_blocks < engine.num_total_blocks
+    for index in range(4):
+        engine.abort(f"r{index}")
+    outputs = engine.step()
+    assert sorted(o.request_id for o in outputs if o.finish_reason == "abort") == ["r0", "r1", "r2", "r3"]
+    assert not engine.has_unfinished()
+    assert engine.num_free_blocks == engine.num_total_blocks
+
+
+def test_duplicate_request_id_is_refused(make_engine):
+    engine = make_engine("llama")
+    engine.add_request("same", [1, 2], SamplingParams(max_new_tokens=2))
+    with pytest.raises(ValueError, match="already in use"):
+        engine.add_request("same", [1, 2], SamplingParams(max_new_tokens=2))
+
+
+def test_block_manager_reference_counts_and_eviction():
+    blocks = BlockManager(num_blocks=4, block_size=2)
+    first = Sequence("a", [1, 2, 3, 4, 5], 5, SamplingParams(max_new_tokens=1))
+    blocks.allocate(first, 5)
+    first.num_computed_tokens = 5
+    blocks.register_full_blocks(first)
+    assert blocks.num_free_blocks == 1 and len(blocks.cached) == 2
+    second = Sequence("b", [1, 2, 3, 4, 9], 5, SamplingParams(max_new_tokens=1))
+    assert blocks.reuse_prefix(second) == 4
+    assert [blocks.ref_counts[b] for b in second.block_table] == [2, 2]
+    blocks.free_sequence(first)
+    blocks.free_sequence(second)
+    assert blocks.num_free_blocks == 4 and len(blocks.cached) == 2
+    hog = Sequence("c", list(range(100, 108)), 8, SamplingParams(max_new_tokens=1))
+    blocks.allocate(hog, 8)  # takes every block, evicting the cached prefix
+    assert blocks.cached == {} and blocks.num_free_blocks == 0
+
+
+@pytest.mark.parametrize("scaling", [
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 64},
+    {"rope_type": "linear", "factor": 4.0},
+])
+def test_rope_scaling_matches_transformers(scaling):
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    raw = {"architectures": ["LlamaForCausalLM"], "vocab_size": 32, "hidden_size": 64, "intermediate_size": 128,
+           "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 512,
+           "rope_theta": 500000.0, "rope_scaling": scaling}
+    ours = inverse_frequencies(ModelConfig.from_dict(raw))
+    hf_config = LlamaConfig(**{k: v for k, v in raw.items() if k != "architectures"})
+    theirs, _ = ROPE_INIT_FUNCTIONS[scaling["rope_type"]](hf_config, torch.device("cpu"))
+    assert torch.allclose(ours, theirs.float(), rtol=1e-6)
