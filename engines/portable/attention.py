@@ -4,7 +4,9 @@ The KV cache of one layer is a pair of tensors [num_blocks, block_size, kv_heads
 are written with one index_copy through the slot mapping; each sequence then attends to its whole
 context through its block table. This version gathers each sequence's keys into a padded batch and
 runs SDPA with an explicit mask (causal, context length, sliding window): one batched call, correct
-for every mix of work. A GPU path can replace `paged_attention` alone.
+for every mix of work. On a CUDA GPU the Triton kernels of `engines.portable.kernels` take over:
+a paged-decode kernel when every sequence brings one token, a paged-prefill kernel otherwise, and a
+fused K/V write; their metadata is `GpuAttentionMetadata`.
 """
 from __future__ import annotations
 
@@ -26,10 +28,27 @@ class AttentionMetadata:
     max_context_len: int
     block_size: int
     sliding_window: int | None = None
+    gpu: "GpuAttentionMetadata | None" = None
+
+
+@dataclass
+class GpuAttentionMetadata:
+    """What the Triton kernels read: int32 tables, and fixed shapes for CUDA-graph replay."""
+
+    block_tables: torch.Tensor  # [B, max_blocks] int32
+    context_lens: torch.Tensor  # [B] int32
+    cu_query_lens: torch.Tensor | None  # [B + 1] int32; None for a decode-only step
+    num_splits: int | None = None  # split-K of the decode kernel, fixed under CUDA graphs
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-             slot_mapping: torch.Tensor) -> None:
+             meta: AttentionMetadata) -> None:
+    if meta.gpu is not None:
+        from engines.portable import kernels
+
+        kernels.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        return
+    slot_mapping = meta.slot_mapping
     kv_heads, head_dim = k_cache.shape[-2:]
     k_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, k)
     v_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, v)
@@ -50,6 +69,8 @@ def _visible(meta: AttentionMetadata, device: torch.device) -> torch.Tensor:
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
                     scale: float) -> torch.Tensor:
     """q [T, H, D] of the new tokens -> attention output [T, H, D]."""
+    if meta.gpu is not None:
+        return _gpu_attention(q, k_cache, v_cache, meta, scale)
     batch, heads, head_dim = meta.context_lens.numel(), q.shape[1], q.shape[2]
     kv_heads = k_cache.shape[-2]
     padded_q = q.new_zeros(batch, meta.max_query_len, heads, head_dim)
@@ -63,3 +84,16 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         attn_mask=_visible(meta, q.device)[:, None], scale=scale, enable_gqa=heads != kv_heads,
     )
     return out.transpose(1, 2)[meta.token_seq, meta.token_pos_in_query]
+
+
+def _gpu_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+                   scale: float) -> torch.Tensor:
+    from engines.portable import kernels
+
+    gpu = meta.gpu
+    if gpu.cu_query_lens is None:
+        return kernels.paged_decode_attention(q, k_cache, v_cache, gpu.block_tables, gpu.context_lens, scale,
+                                              meta.sliding_window, num_splits=gpu.num_splits,
+                                              max_context_len=meta.max_context_len)
+    return kernels.paged_prefill_attention(q, k_cache, v_cache, gpu.block_tables, gpu.cu_query_lens,
+                                           gpu.context_lens, meta.max_query_len, scale, meta.sliding_window)

@@ -29,7 +29,7 @@ class CausalLM:
         q, k, v = F.linear(x, layer["qkv"]).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = self.rope(q.view(-1, cfg.num_heads, cfg.head_dim), positions)
         k = self.rope(k.view(-1, cfg.num_kv_heads, cfg.head_dim), positions)
-        write_kv(cache[0], cache[1], k, v.view(-1, cfg.num_kv_heads, cfg.head_dim), meta.slot_mapping)
+        write_kv(cache[0], cache[1], k, v.view(-1, cfg.num_kv_heads, cfg.head_dim), meta)
         out = paged_attention(q, cache[0], cache[1], meta, self.scale)
         return F.linear(out.reshape(-1, self.q_size), layer["o"])
 

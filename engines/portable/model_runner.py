@@ -3,18 +3,29 @@ from __future__ import annotations
 
 import torch
 
-from engines.portable.attention import AttentionMetadata
+from engines.portable.attention import AttentionMetadata, GpuAttentionMetadata
 from engines.portable.config import EngineConfig, ModelConfig
 from engines.portable.model import CausalLM
 from engines.portable.sequence import Sequence
 
 
+GPU_RESERVE_BYTES = 3 << 30  # activations, logits, CUDA graphs and the allocator's slack
+
+
 def kv_cache_blocks(model: ModelConfig, engine: EngineConfig, dtype: torch.dtype) -> int:
+    """Blocks of the KV pool: given, or from a byte budget; a budget of 0 on CUDA takes what the GPU
+    has free (weights already loaded) up to `gpu_memory_utilization` of it, less a reserve."""
     if engine.num_kv_blocks is not None:
         return engine.num_kv_blocks
     element = torch.tensor([], dtype=dtype).element_size()
     per_block = 2 * model.num_layers * engine.block_size * model.num_kv_heads * model.head_dim * element
-    return max(1, engine.kv_cache_memory_bytes // per_block)
+    budget = engine.kv_cache_memory_bytes
+    if budget <= 0 and engine.device.startswith("cuda"):
+        free, total = torch.cuda.mem_get_info(torch.device(engine.device))
+        budget = int(free - (1.0 - engine.gpu_memory_utilization) * total) - GPU_RESERVE_BYTES
+    if budget < per_block:
+        raise ValueError(f"KV-cache budget of {budget} bytes holds not one block of {per_block} bytes")
+    return budget // per_block
 
 
 class ModelRunner:
@@ -25,6 +36,15 @@ class ModelRunner:
         shape = (num_blocks, engine_config.block_size, cfg.num_kv_heads, cfg.head_dim)
         self.kv_caches = [(torch.zeros(shape, dtype=dtype, device=self.device),
                            torch.zeros(shape, dtype=dtype, device=self.device)) for _ in range(cfg.num_layers)]
+        self.use_kernels = self.device.type == "cuda" and _kernels_available()
+        self.graphs = None
+        if self.use_kernels and engine_config.cuda_graphs:
+            from engines.portable.cuda_graphs import DecodeGraphs
+
+            max_len = engine_config.max_model_len or cfg.max_position_embeddings
+            max_blocks = -(-max_len // engine_config.block_size)
+            self.graphs = DecodeGraphs(model, self.kv_caches, engine_config.max_num_seqs, max_blocks,
+                                       engine_config.block_size, max_len)
 
     def _prepare(self, scheduled: list[tuple[Sequence, int]]):
         block_size = self.config.block_size
@@ -45,11 +65,16 @@ class ModelRunner:
         def tensor(values):
             return torch.tensor(values, dtype=torch.long, device=self.device)
 
+        gpu = None
+        if self.use_kernels:
+            decode_only = max(query_lens) == 1
+            cu = None if decode_only else torch.tensor([0] + query_lens, device=self.device).cumsum(0).int()
+            gpu = GpuAttentionMetadata(tensor(tables).int(), tensor(context_lens).int(), cu)
         meta = AttentionMetadata(
             slot_mapping=tensor(slots), block_tables=tensor(tables), context_lens=tensor(context_lens),
             query_lens=tensor(query_lens), token_seq=tensor(token_seq), token_pos_in_query=tensor(token_pos),
             max_query_len=max(query_lens), max_context_len=max(context_lens), block_size=block_size,
-            sliding_window=self.model.config.sliding_window,
+            sliding_window=self.model.config.sliding_window, gpu=gpu,
         )
         last_token = torch.tensor(query_lens).cumsum(0) - 1
         return tensor(input_ids), tensor(positions), meta, last_token.to(self.device)
@@ -57,6 +82,16 @@ class ModelRunner:
     def run(self, scheduled: list[tuple[Sequence, int]], sample_rows: list[int]) -> torch.Tensor:
         """Logits [len(sample_rows), vocab] at the last new token of the scheduled entries listed."""
         input_ids, positions, meta, last_token = self._prepare(scheduled)
+        decode_only = meta.max_query_len == 1 and len(sample_rows) == len(scheduled)
+        if self.graphs is not None and decode_only and self.graphs.fits(len(scheduled), meta.block_tables.shape[1]):
+            return self.graphs.run(input_ids, positions, meta.slot_mapping, meta.gpu.block_tables,
+                                   meta.gpu.context_lens)
         hidden = self.model.forward(input_ids, positions, meta, self.kv_caches)
         rows = last_token[torch.tensor(sample_rows, dtype=torch.long, device=self.device)]
         return self.model.logits(hidden[rows])
+
+
+def _kernels_available() -> bool:
+    from engines.portable import kernels
+
+    return kernels.available()
