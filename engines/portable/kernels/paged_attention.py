@@ -19,7 +19,7 @@ import triton.language as tl
 
 # Finite stand-in for -inf as the running maximum: keeps exp2(m_old - m_new) defined when a
 # whole tile is masked out.
-_NEG_BIG = -1.0e30
+_NEG_BIG = tl.constexpr(-1.0e30)
 _LOG2E = 1.4426950408889634
 _MIN_TOKENS_PER_SPLIT = 128
 
@@ -104,11 +104,11 @@ def _merge_kernel(part_acc_ptr, part_ml_ptr, out_ptr, stride_ob, stride_oh,
     ok = splits < NUM_SPLITS
     base = (seq * num_heads + head) * NUM_SPLITS + splits
     m = tl.load(part_ml_ptr + base * 2, mask=ok, other=_NEG_BIG)
-    l = tl.load(part_ml_ptr + base * 2 + 1, mask=ok, other=0.0)
+    lsum = tl.load(part_ml_ptr + base * 2 + 1, mask=ok, other=0.0)
     acc = tl.load(part_acc_ptr + base[:, None] * HEAD_DIM + dims[None, :], mask=ok[:, None], other=0.0)
     m_all = tl.max(m, 0)
     w = tl.exp2(m - m_all)
-    total = tl.sum(l * w, 0)
+    total = tl.sum(lsum * w, 0)
     out = tl.sum(acc * w[:, None], 0) / tl.where(total > 0, total, 1.0)
     tl.store(out_ptr + seq * stride_ob + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty))
 

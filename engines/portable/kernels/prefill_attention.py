@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-_NEG_BIG = -1.0e30
+_NEG_BIG = tl.constexpr(-1.0e30)
 _LOG2E = 1.4426950408889634
 
 
@@ -25,14 +25,13 @@ def _prefill_kernel(
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kn, stride_kt, stride_kh, stride_vn, stride_vt, stride_vh, stride_tb,
     GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr,
+    BLOCK_M: tl.constexpr, QUERIES: tl.constexpr, BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr,
 ):
     head_block = tl.program_id(0)  # fastest axis: the heads of one tile run side by side, sharing L2
     tile = tl.program_id(1)
     seq = tl.program_id(2)
     q_begin = tl.load(cu_q_ptr + seq)
     q_len = tl.load(cu_q_ptr + seq + 1) - q_begin
-    QUERIES: tl.constexpr = BLOCK_M // GROUP
     first = tile * QUERIES
     if first < q_len:
         ctx_len = tl.load(lens_ptr + seq)
@@ -104,7 +103,7 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     kv_group = heads // kv_heads
     # Rows of a tile are (query, head) pairs of one KV group when the group divides the tile evenly;
     # otherwise each program takes a single head.
-    group = kv_group if kv_group & (kv_group - 1) == 0 and kv_group <= block_m // 16 else 1
+    group = kv_group if kv_group & (kv_group - 1) == 0 and kv_group <= block_m // 8 else 1
     if out is None:
         out = torch.empty_like(q)
     if tokens == 0 or batch == 0:
@@ -119,7 +118,7 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         GROUP=group, KV_GROUP=kv_group, HEAD_DIM=head_dim, PAGE=page,
-        BLOCK_M=block_m, BLOCK_N=block_n, USE_WINDOW=use_window,
+        BLOCK_M=block_m, QUERIES=queries_per_tile, BLOCK_N=block_n, USE_WINDOW=use_window,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
