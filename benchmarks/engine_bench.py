@@ -35,6 +35,7 @@ from benchmarks.roofline import (
     MODEL_CONFIGS,
     ModelShape,
     batch1_decode_roofline,
+    decode_step_bytes,
     measure_copy_bandwidth,
     measure_matmul_rate,
     workload_roofline,
@@ -213,6 +214,45 @@ def portable_workload(engine, prompts: list[list[int]], new_tokens: int, kv_byte
             "note": f"engine.generate, KV cache {kv_bytes / 2**30:.1f} GiB"}
 
 
+def portable_decode_step(engine, prompts: list[list[int]], steps: int, shape: ModelShape, bandwidth: float,
+                         profile_path: Path) -> dict:
+    """Time full-batch decode steps once every prompt is prefilled, and profile a few of them."""
+    from engines.portable.sampling import SamplingParams
+
+    params = SamplingParams(max_new_tokens=2 * steps + 8, temperature=0.0, end_id=None)
+    ids = [f"profile-{index}" for index in range(len(prompts))]
+    for rid, prompt in zip(ids, prompts, strict=True):
+        engine.add_request(rid, prompt, params)
+    started: set[str] = set()
+    while len(started) < len(ids):
+        started.update(out.request_id for out in engine.step())
+    times = []
+    for _ in range(steps):
+        seconds, _ = timed(engine.step)
+        times.append(seconds)
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(3):
+            engine.step()
+        torch.cuda.synchronize()
+    averages = prof.key_averages()
+    try:
+        table = averages.table(sort_by="device_time_total", row_limit=30)
+    except Exception:  # older spelling
+        table = averages.table(sort_by="cuda_time_total", row_limit=30)
+    profile_path.write_text(table)
+    for rid in ids:
+        engine.abort(rid)
+    engine.step()
+    times.sort()
+    context = len(prompts[0]) + 1 + steps // 2
+    floor = decode_step_bytes(shape, [context] * len(prompts))["total"] / bandwidth
+    median = times[len(times) // 2]
+    return {"batch": len(prompts), "context": context, "step_ms": median * 1e3, "floor_ms": floor * 1e3,
+            "tokens_per_s": len(prompts) / median, "profile": profile_path.name,
+            "note": f"median of {steps} decode steps (engine.step, CUDA graphs as the engine chooses)"}
+
+
 # ---- the run
 
 
@@ -259,6 +299,11 @@ def markdown(meta: dict, rows: list[dict]) -> str:
                 vs = [f"{tps / base[e]:.2f}x" if base.get(e) else "" for e in ("hf-generate", "hf-cb")]
                 lines.append(f"| {case} | {r['engine']} | {tps:,.1f} | {r['roofline_tokens_per_s']:,.0f} | "
                              f"{tps / r['roofline_tokens_per_s']:.1%} | {vs[0]} | {vs[1]} | {r.get('note', '')} |")
+        for r in model_rows:
+            if r["case"] == "decode_step" and "error" not in r:
+                lines.append(f"One portable decode step at batch {r['batch']}, context {r['context']}: "
+                             f"{r['step_ms']:.2f} ms against a floor of {r['floor_ms']:.2f} ms "
+                             f"({r['floor_ms'] / r['step_ms']:.0%} of roofline); kernel profile in {r['profile']}.")
         lines.append("")
     lines += ["Roofline: bytes moved (weights + KV read + KV write per decode step; prefill at the larger of "
               "bytes/bandwidth and FLOPs/matmul rate) over the measured rates, from `benchmarks/roofline.py`.", ""]
@@ -285,7 +330,9 @@ def run_model(name: str, args, engines: list[str], results: Results, bandwidth: 
     b1_roof = batch1_decode_roofline(shape, args.prompt_len, args.batch1_tokens, bandwidth)["tokens_per_s"]
     wl_roof = workload_roofline(shape, args.requests, args.prompt_len, args.output_len, bandwidth,
                                 matmul_rate)["output_tokens_per_s"]
-    roofline = {"batch1": b1_roof, "workload": wl_roof}
+    step_context = args.prompt_len + 1 + args.profile_steps // 2
+    step_roof = len(prompts) * bandwidth / decode_step_bytes(shape, [step_context] * len(prompts))["total"]
+    roofline = {"batch1": b1_roof, "workload": wl_roof, "decode_step": step_roof}
 
     def record(engine, case, fn, *fn_args):
         row = {"model": name, "engine": engine, "case": case, "roofline_tokens_per_s": roofline[case]}
@@ -337,6 +384,9 @@ def run_model(name: str, args, engines: list[str], results: Results, bandwidth: 
             return
         record("portable", "batch1", portable_batch1, engine, prompts[0], args.batch1_tokens)
         record("portable", "workload", portable_workload, engine, prompts, args.output_len, kv_bytes)
+        if args.profile_steps:
+            record("portable", "decode_step", portable_decode_step, engine, prompts, args.profile_steps, shape,
+                   bandwidth, Path(args.out_dir) / f"engine_profile_{name}.txt")
         del engine
         free_cuda()
 
@@ -351,6 +401,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch1-tokens", type=int, default=128)
     parser.add_argument("--num-layers", type=int, default=None, help="override the layer count (smoke runs)")
     parser.add_argument("--skip-hf-generate-workload", action="store_true")
+    parser.add_argument("--profile-steps", type=int, default=16,
+                        help="after the workload, time this many full-batch portable decode steps and profile 3")
     parser.add_argument("--checkpoint-root", default=None, help="where the portable engine's checkpoints go")
     parser.add_argument("--out-dir", default="benchmarks/results")
     parser.add_argument("--tag", default=None, help="file name: engine_<tag>.json/.md")
