@@ -6,13 +6,19 @@ again, least recently freed first, so a later request with the same prefix can s
 """
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 
 from engines.portable.sequence import Sequence
 
 
-def block_hash(previous: int | None, tokens: list[int]) -> int:
-    return hash((previous, tuple(tokens)))
+def block_hash(previous: bytes | None, tokens: list[int]) -> bytes:
+    """A cryptographic digest, not Python's `hash`: two requests whose prefixes collided would read
+    each other's KV cache, and tuple hashes can be made to collide on purpose."""
+    digest = hashlib.sha256(previous or b"")
+    digest.update(array("q", tokens).tobytes())
+    return digest.digest()
 
 
 class BlockManager:
@@ -20,10 +26,10 @@ class BlockManager:
         self.num_blocks, self.block_size = num_blocks, block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_counts = [0] * num_blocks
-        self.hash_of: list[int | None] = [None] * num_blocks
-        self.cached: dict[int, int] = {}  # hash -> block id
+        self.hash_of: list[bytes | None] = [None] * num_blocks
+        self.cached: dict[bytes, int] = {}  # hash -> block id
         self.free: OrderedDict[int, None] = OrderedDict((block, None) for block in range(num_blocks))
-        self.num_reused_tokens = 0  # prompt tokens whose KV came from the prefix cache
+        self.num_reused_tokens = 0  # prompt tokens whose KV came from the prefix cache (kept by the scheduler)
 
     @property
     def num_free_blocks(self) -> int:
@@ -73,7 +79,6 @@ class BlockManager:
             seq.block_hashes.append(current)
             previous = current
         seq.num_computed_tokens = len(seq.block_table) * self.block_size
-        self.num_reused_tokens += seq.num_computed_tokens
         return seq.num_computed_tokens
 
     def register_full_blocks(self, seq: Sequence) -> None:

@@ -77,5 +77,5 @@ class EngineConfig:
     def __post_init__(self):
         if self.block_size <= 0 or self.max_num_seqs <= 0:
             raise ValueError("block_size and max_num_seqs must be positive")
-        if self.max_num_batched_tokens < self.max_num_seqs:
-            raise ValueError("max_num_batched_tokens must be at least max_num_seqs (one decode token each)")
+        if self.max_num_batched_tokens <= 0:
+            raise ValueError("max_num_batched_tokens must be positive")

@@ -65,9 +65,10 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         self._check(prompt_token_ids, params)
         with self._lock:
-            if request_id in self.sequences or any(rid == request_id for rid, _ in self._inbox):
+            if request_id in self.sequences or any(rid == request_id and payload is not None
+                                                   for rid, payload in self._inbox):
                 raise ValueError(f"request id {request_id!r} is already in use")
-            self._inbox.append((request_id, (list(prompt_token_ids), params)))
+            self._inbox.append((request_id, ([int(t) for t in prompt_token_ids], params)))
 
     def abort(self, request_id: str) -> None:
         with self._lock:
@@ -78,9 +79,17 @@ class LLMEngine:
         if not prompt:
             raise ValueError("the prompt is empty")
         vocab = self.model_config.vocab_size
+        if not all(isinstance(t, int) or hasattr(t, "__index__") for t in prompt):
+            raise ValueError("prompt_token_ids must be a list of integer token ids")
         bad = [t for t in prompt if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"token ids out of the vocabulary (size {vocab}): {bad[:5]}")
+        if params.end_id is not None and params.end_id >= vocab:
+            raise ValueError(f"end_id {params.end_id} is out of the vocabulary (size {vocab})")
+        bad_stops = [stop for stop in params.stop_token_sequences if not all(0 <= t < vocab for t in stop)]
+        if bad_stops:
+            raise ValueError(f"stop_token_sequences hold token ids out of the vocabulary (size {vocab}): "
+                             f"{bad_stops[:3]}")
         total = len(prompt) + params.max_new_tokens
         if total > self.max_model_len:
             raise ValueError(f"prompt ({len(prompt)} tokens) + max_new_tokens ({params.max_new_tokens}) = {total} "
@@ -105,7 +114,8 @@ class LLMEngine:
             prompt, params = payload
             seq = Sequence(request_id, prompt, len(prompt), params)
             if params.seed is not None and not params.greedy:
-                seq.generator = torch.Generator(device=self.config.device).manual_seed(params.seed)
+                seed = int(params.seed) & 0xFFFF_FFFF_FFFF_FFFF  # the contract's seed is a uint64
+                seq.generator = torch.Generator(device=self.config.device).manual_seed(seed)
             self.sequences[request_id] = seq
             self.scheduler.add(seq)
         return aborted

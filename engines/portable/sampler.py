@@ -40,11 +40,30 @@ def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
     return logits
 
 
+def _ending_tokens(seq: Sequence) -> list[int]:
+    """Tokens that would end `seq` if sampled now: its end id, and the last token of every stop
+    sequence whose other tokens already end the output."""
+    tokens = [] if seq.params.effective_end_id is None else [seq.params.effective_end_id]
+    output = seq.output_token_ids
+    for stop in seq.params.stop_token_sequences:
+        head = stop[:-1]
+        if stop and len(head) <= len(output) and output[len(output) - len(head):] == head:
+            tokens.append(stop[-1])
+    return tokens
+
+
 def apply_min_length(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    """Below `min_length` new tokens, nothing that would end the request can be sampled. The end id
+    is not part of the output, so it is masked while fewer than `min_length` tokens exist; a stop
+    sequence is, so its last token is masked while the output would still be too short with it."""
     for row, seq in enumerate(seqs):
+        produced, minimum = seq.num_output_tokens, seq.params.min_length
+        if produced >= minimum:
+            continue
         end_id = seq.params.effective_end_id
-        if end_id is not None and seq.num_output_tokens < seq.params.min_length:
-            logits[row, end_id] = float("-inf")
+        for token in _ending_tokens(seq):
+            if token == end_id or produced + 1 < minimum:
+                logits[row, token] = float("-inf")
     return logits
 
 
@@ -56,7 +75,7 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Te
     drop = rank >= k[:, None]
     probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
     before = probs.cumsum(dim=-1) - probs  # probability mass ranked above each token
-    drop |= (before > top_p[:, None]) & (rank > 0)
+    drop |= (before >= top_p[:, None]) & (rank > 0)  # the smallest set reaching top_p
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
 

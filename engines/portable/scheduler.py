@@ -1,7 +1,8 @@
 """Continuous batching: which sequences run how many tokens in the next step.
 
-Every step, running sequences go first (one token for a decode, the next chunk for a prefill that
-did not fit), then waiting ones join while the token budget and the batch size allow. When KV
+Every step, running decodes go first (one token each), then the next chunks of running prefills
+that did not fit in one step, then waiting sequences join while the token budget and the batch size
+allow. When KV
 blocks run out, the most recently admitted running sequence is preempted: its blocks are freed and it
 goes back to the front of the queue, to be recomputed later.
 """
@@ -42,29 +43,52 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
+    def _schedule_running(self, seq: Sequence, budget: int, scheduled: set[Sequence]) -> int:
+        """Blocks for the next tokens of a running sequence, preempting the newest sequences not yet
+        scheduled this step if needed; returns how many tokens it runs (0 if it was preempted)."""
+        count = min(seq.num_tokens - seq.num_computed_tokens, budget)
+        while not self.blocks.can_allocate(seq, count):
+            victim = next(other for other in reversed(self.running) if other is seq or other not in scheduled)
+            self._preempt(victim)
+            if victim is seq:
+                return 0
+        self.blocks.allocate(seq, count)
+        return count
+
+    def _admit(self, seq: Sequence, budget: int) -> int:
+        """Start a waiting sequence from what the prefix cache holds; returns its tokens this step."""
+        reused = self.blocks.reuse_prefix(seq)
+        count = min(seq.num_tokens - seq.num_computed_tokens, budget)
+        if not self.blocks.can_allocate(seq, count):
+            self.blocks.free_sequence(seq)
+            return 0
+        self.blocks.allocate(seq, count)
+        self.blocks.num_reused_tokens += reused
+        return count
+
     def schedule(self) -> list[tuple[Sequence, int]]:
+        """Decodes first (one token each, so they never wait behind a long prompt), then the next
+        chunks of running prefills, then waiting sequences while the token budget lasts."""
         budget = self.config.max_num_batched_tokens
+        # Every running sequence fits its decode token into the budget.
+        max_running = min(self.config.max_num_seqs, self.config.max_num_batched_tokens)
         scheduled: list[tuple[Sequence, int]] = []
-        for seq in list(self.running):
-            if seq not in self.running or budget == 0:
+        done: set[Sequence] = set()
+        decodes = [seq for seq in self.running if seq.num_tokens - seq.num_computed_tokens == 1]
+        prefills = [seq for seq in self.running if seq.num_tokens - seq.num_computed_tokens > 1]
+        for seq in decodes + prefills:
+            if seq.status is not Status.RUNNING or budget == 0:
                 continue  # preempted earlier in this loop, or no budget left
-            count = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            while not self.blocks.can_allocate(seq, count):
-                self._preempt(self.running[-1])
-                if seq not in self.running:
-                    break
-            if seq in self.running:
-                self.blocks.allocate(seq, count)
+            count = self._schedule_running(seq, budget, done)
+            if count:
                 scheduled.append((seq, count))
+                done.add(seq)
                 budget -= count
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        while self.waiting and budget > 0 and len(self.running) < max_running:
             seq = self.waiting[0]
-            self.blocks.reuse_prefix(seq)
-            count = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            if not self.blocks.can_allocate(seq, count):
-                self.blocks.free_sequence(seq)
+            count = self._admit(seq, budget)
+            if count == 0:
                 break
-            self.blocks.allocate(seq, count)
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)

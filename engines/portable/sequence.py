@@ -23,7 +23,7 @@ class Sequence:
     params: SamplingParams
     status: Status = Status.WAITING
     block_table: list[int] = field(default_factory=list)
-    block_hashes: list[int] = field(default_factory=list)  # hashes of the leading full blocks
+    block_hashes: list[bytes] = field(default_factory=list)  # hashes of the leading full blocks
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
     logprobs: list[float] = field(default_factory=list)
     generator: torch.Generator | None = None
