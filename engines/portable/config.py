@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+# "dynamic" NTK scaling is left out: transformers re-derives the frequencies from the longest
+# sequence of each forward call, which chunked prefill and prefix reuse cannot reproduce.
+SUPPORTED_ROPE_SCALINGS = ("linear", "llama3")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class ModelConfig:
         scaling = raw.get("rope_scaling") or rope or None
         if scaling and scaling.get("rope_type", scaling.get("type", "default")) == "default":
             scaling = None
+        _check_supported(raw, scaling)
         heads = raw["num_attention_heads"]
         return cls(
             architecture=architecture,
@@ -58,6 +62,18 @@ class ModelConfig:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no config.json in the checkpoint")
         return cls.from_dict(json.loads(path.read_text()))
+
+
+def _check_supported(raw: dict, scaling: dict | None) -> None:
+    """Refuse, before any weight is read, what the forward would otherwise get silently wrong."""
+    kind = scaling and scaling.get("rope_type", scaling.get("type"))
+    if kind and kind not in SUPPORTED_ROPE_SCALINGS:
+        raise ValueError(f"rope scaling {kind!r} is not supported (supported: {', '.join(SUPPORTED_ROPE_SCALINGS)})")
+    if raw.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act {raw['hidden_act']!r} is not supported: the MLP is SwiGLU (silu)")
+    for flag in ("attention_bias", "mlp_bias"):
+        if raw.get(flag):
+            raise ValueError(f"{flag}=true is not supported: the portable engine's projections have no bias")
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,10 @@ class LLMEngine:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
         params_list = params if isinstance(params, list) else [params] * len(prompts)
+        if len(params_list) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(params_list)} sampling parameters")
+        for prompt, p in zip(prompts, params_list):
+            self._check(prompt, p)  # all or nothing: no request is left behind by a later bad one
         ids = [f"offline-{index}-{id(prompts)}" for index in range(len(prompts))]
         results: dict[str, list[int]] = {rid: [] for rid in ids}
         for rid, prompt, p in zip(ids, prompts, params_list, strict=True):

@@ -19,6 +19,9 @@ from tests.portable.conftest import prompt_of
     ([1, 2], SamplingParams(max_new_tokens=0), "max_new_tokens must be at least 1"),
     ([1, 2], SamplingParams(max_new_tokens=4, top_p=0.0), "top_p must be in"),
     ([1, 2], SamplingParams(max_new_tokens=4, temperature=-1.0), "temperature must be >= 0"),
+    ([1, 2.5], SamplingParams(max_new_tokens=4), "integer token ids"),
+    ([1, 2], SamplingParams(max_new_tokens=4, end_id=10**6), "end_id 1000000 is out of the vocabulary"),
+    ([1, 2], SamplingParams(max_new_tokens=4, stop_token_sequences=[[3, -1]]), "stop_token_sequences"),
 ])
 def test_bad_requests_raise_clear_errors(make_engine, prompt, params, message):
     with pytest.raises(ValueError, match=message):
@@ -86,3 +89,45 @@ def test_rope_scaling_matches_transformers(scaling):
     hf_config = LlamaConfig(**{k: v for k, v in raw.items() if k != "architectures"})
     theirs, _ = ROPE_INIT_FUNCTIONS[scaling["rope_type"]](hf_config, torch.device("cpu"))
     assert torch.allclose(ours, theirs.float(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("scaling", [
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 64},
+    {"rope_type": "linear", "factor": 4.0},
+])
+def test_rope_cos_sin_match_transformers(scaling):
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from engines.portable.rope import RotaryEmbedding
+
+    raw = {"architectures": ["LlamaForCausalLM"], "vocab_size": 32, "hidden_size": 64, "intermediate_size": 128,
+           "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 512,
+           "rope_theta": 500000.0, "rope_scaling": scaling}
+    ours = RotaryEmbedding(ModelConfig.from_dict(raw), 512, torch.device("cpu"), torch.float32)
+    hf = LlamaRotaryEmbedding(LlamaConfig(**{k: v for k, v in raw.items() if k != "architectures"}))
+    positions = torch.tensor([0, 1, 7, 63, 64, 200, 511])
+    cos, sin = hf(torch.zeros(1, 1, 16), positions[None])
+    assert torch.allclose(ours.cos[positions], cos[0], atol=1e-5)
+    assert torch.allclose(ours.sin[positions], sin[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope scaling 'dynamic' is not supported"),
+    ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
+    ({"attention_bias": True}, "attention_bias=true is not supported"),
+    ({"architectures": ["GPT2LMHeadModel"]}, "unsupported architecture 'GPT2LMHeadModel'"),
+])
+def test_unsupported_configs_are_refused_before_loading(change, message):
+    raw = {"architectures": ["LlamaForCausalLM"], "vocab_size": 32, "hidden_size": 64, "intermediate_size": 128,
+           "num_hidden_layers": 1, "num_attention_heads": 4, **change}
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_dict(raw)
+
+
+def test_generate_checks_every_prompt_before_adding_any(make_engine):
+    engine = make_engine("llama")
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        engine.generate([[1, 2, 3], []], SamplingParams(max_new_tokens=2))
+    assert not engine.has_unfinished()

@@ -99,3 +99,33 @@ def test_length_finish_and_logprobs_match_transformers(make_engine, hf_models):
         logits = hf_models["mistral"](torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1:-1]
     expected = logits.log_softmax(-1).gather(-1, torch.tensor(tokens)[:, None])[:, 0]
     assert logprobs == pytest.approx(expected.tolist(), abs=1e-4)
+
+
+def test_min_length_holds_back_the_token_that_would_complete_a_stop_sequence():
+    logits = torch.tensor([[0.0, 5.0, 1.0, 0.5]])
+    stop = dict(temperature=0.0, stop_token_sequences=[[2, 1]], min_length=4)
+    tokens, _ = sample(logits.clone(), [seq([0, 3, 2], 1, **stop)])  # output [3, 2]: 1 would stop at 3 tokens
+    assert tokens == [2]
+    tokens, _ = sample(logits.clone(), [seq([0, 3, 3, 2], 1, **stop)])  # output [3, 3, 2]: stopping gives 4
+    assert tokens == [1]
+    tokens, _ = sample(logits.clone(), [seq([0, 3, 3], 1, **stop)])  # 1 completes nothing here
+    assert tokens == [1]
+
+
+def test_from_request_maps_the_contract():
+    from engines.contract import GenerationRequest
+
+    request = GenerationRequest(input_ids=[1, 2], request_output_len=9, end_id=2, temperature=0.7, top_k=5,
+                                top_p=0.9, random_seed=2**64 - 1, repetition_penalty=1.1, presence_penalty=0.2,
+                                frequency_penalty=0.3, min_length=3, stop_words=[[5, 6], [7]],
+                                return_log_probs=True)
+    assert SamplingParams.from_request(request) == SamplingParams(
+        max_new_tokens=9, temperature=0.7, top_k=5, top_p=0.9, seed=2**64 - 1, repetition_penalty=1.1,
+        presence_penalty=0.2, frequency_penalty=0.3, min_length=3, end_id=2, stop_token_sequences=[[5, 6], [7]],
+        return_logprobs=True)
+
+
+def test_the_largest_uint64_seed_is_accepted(make_engine):
+    engine = make_engine("llama")
+    params = SamplingParams(max_new_tokens=5, temperature=1.0, seed=2**64 - 1)
+    assert engine.generate([[1, 5, 9]], params) == engine.generate([[1, 5, 9]], params)
