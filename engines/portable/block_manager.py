@@ -2,7 +2,8 @@
 
 A full block's hash covers its tokens and every token before it (the previous block's hash), so
 equal hashes mean equal prefixes. Freed blocks keep their contents and hash until they are handed out
-again, least recently freed first, so a later request with the same prefix can still reuse them.
+again: blocks holding no cached prefix first, then cached ones least recently freed first, so a later
+request with the same prefix can still reuse them.
 """
 from __future__ import annotations
 
@@ -102,4 +103,6 @@ class BlockManager:
             self.ref_counts[block] -= 1
             if self.ref_counts[block] == 0:
                 self.free[block] = None
+                if self.hash_of[block] is None:  # nothing to reuse in it: hand it out before cached ones
+                    self.free.move_to_end(block, last=False)
         seq.reset_cache_state()

@@ -93,5 +93,8 @@ class EngineConfig:
     def __post_init__(self):
         if self.block_size <= 0 or self.max_num_seqs <= 0:
             raise ValueError("block_size and max_num_seqs must be positive")
+        if self.num_kv_blocks is not None and self.num_kv_blocks <= 0:
+            raise ValueError(f"num_kv_blocks must be positive (or None to size the pool from memory), "
+                             f"got {self.num_kv_blocks}")
         if self.max_num_batched_tokens <= 0:
             raise ValueError("max_num_batched_tokens must be positive")

@@ -131,3 +131,78 @@ def test_generate_checks_every_prompt_before_adding_any(make_engine):
     with pytest.raises(ValueError, match="the prompt is empty"):
         engine.generate([[1, 2, 3], []], SamplingParams(max_new_tokens=2))
     assert not engine.has_unfinished()
+
+
+def test_abort_is_idempotent_and_reports_once(make_engine):
+    engine = make_engine("llama")
+    engine.add_request("w", prompt_of(12, seed=1), SamplingParams(max_new_tokens=5, temperature=0))
+    engine.abort("w")
+    engine.abort("w")
+    engine.abort("never-added")
+    outputs = engine.step()
+    assert [(o.request_id, o.finished, o.finish_reason, o.new_token_ids) for o in outputs] == [
+        ("w", True, "abort", [])]
+    assert engine.step() == [] and not engine.has_unfinished()
+    assert engine.num_free_blocks == engine.num_total_blocks
+
+
+def test_requests_added_from_another_thread_join_the_running_batch(make_engine, hf_greedy):
+    import threading
+
+    engine = make_engine("mistral")
+    prompts = {f"t{index}": prompt_of(5 + 7 * index, seed=60 + index) for index in range(6)}
+    tokens: dict[str, list[int]] = {rid: [] for rid in prompts}
+    finished: set[str] = set()
+
+    def submit():
+        for rid, prompt in prompts.items():
+            engine.add_request(rid, prompt, SamplingParams(max_new_tokens=12, temperature=0.0))
+
+    submitter = threading.Thread(target=submit)
+    engine.add_request("first", prompt_of(9, seed=59), SamplingParams(max_new_tokens=30, temperature=0.0))
+    engine.step()
+    submitter.start()
+    while submitter.is_alive() or engine.has_unfinished():
+        for output in engine.step():
+            if output.request_id in tokens:
+                tokens[output.request_id] += output.new_token_ids
+                if output.finished:
+                    finished.add(output.request_id)
+    assert finished == set(prompts)
+    for rid, prompt in prompts.items():
+        assert tokens[rid] == hf_greedy("mistral", prompt, 12)
+
+
+def test_blocks_without_a_cached_prefix_are_handed_out_first():
+    blocks = BlockManager(num_blocks=4, block_size=2)
+    cached = Sequence("a", [1, 2], 2, SamplingParams(max_new_tokens=1))
+    blocks.allocate(cached, 2)
+    cached.num_computed_tokens = 2
+    blocks.register_full_blocks(cached)
+    full_block = cached.block_table[0]
+    blocks.free_sequence(cached)
+    scratch = Sequence("b", [5], 1, SamplingParams(max_new_tokens=1))
+    blocks.allocate(scratch, 1)
+    blocks.free_sequence(scratch)  # freed after the cached block, yet handed out before it
+    other = Sequence("c", [7, 8, 9, 10, 11, 12], 6, SamplingParams(max_new_tokens=1))
+    blocks.allocate(other, 6)
+    assert full_block not in other.block_table and len(blocks.cached) == 1
+    again = Sequence("d", [1, 2, 5], 3, SamplingParams(max_new_tokens=1))
+    assert blocks.reuse_prefix(again) == 2 and again.block_table == [full_block]
+
+
+def test_prefix_hashes_chain_through_every_earlier_block():
+    blocks = BlockManager(num_blocks=8, block_size=2)
+    first = Sequence("a", [1, 2, 3, 4, 5], 5, SamplingParams(max_new_tokens=1))
+    blocks.allocate(first, 5)
+    first.num_computed_tokens = 5
+    blocks.register_full_blocks(first)
+    # Same second block [3, 4] after a different first block: no reuse at all.
+    assert blocks.reuse_prefix(Sequence("b", [9, 9, 3, 4, 5], 5, SamplingParams(max_new_tokens=1))) == 0
+
+
+def test_zero_kv_blocks_is_a_config_error():
+    from engines.portable.config import EngineConfig
+
+    with pytest.raises(ValueError, match="num_kv_blocks must be positive"):
+        EngineConfig(num_kv_blocks=0)
