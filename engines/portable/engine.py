@@ -134,11 +134,12 @@ class LLMEngine:
             return outputs
         completing = [row for row, (seq, count) in enumerate(scheduled)
                       if seq.num_computed_tokens + count == seq.num_tokens]
-        logits = self.runner.run(scheduled, completing) if completing else None
+        # The forward runs even when nobody samples: a step of prefill chunks alone fills the KV cache.
+        logits = self.runner.run(scheduled, completing)
         for seq, count in scheduled:
             seq.num_computed_tokens += count
             self.blocks.register_full_blocks(seq)
-        if logits is None:
+        if not completing:
             return outputs
         seqs = [scheduled[row][0] for row in completing]
         tokens, logprobs = sample(logits, seqs)

@@ -73,3 +73,12 @@ def test_prefix_reuse_skips_the_shared_blocks(make_engine):
     seq = engine.sequences["b"]
     assert engine.blocks.reuse_prefix(seq) == 40  # five full blocks of the shared 40 tokens
     engine.blocks.free_sequence(seq)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("length", [24, 73])
+def test_a_prompt_alone_prefilled_in_chunks(kind, length, make_engine, hf_greedy):
+    """Steps in which no sequence samples (only prefill chunks run) must still fill the KV cache."""
+    prompt = prompt_of(length, seed=70 + length)
+    engine = make_engine(kind, max_num_batched_tokens=16, block_size=8)
+    assert engine.generate([prompt], greedy(10)) == [hf_greedy(kind, prompt, 10)]
