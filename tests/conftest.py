@@ -11,20 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engines.demo import make_demo_checkpoint
 from engines.repository import PortableSettings
 from engines.targets.portable import build_portable
 from engines.triton.launcher import TritonServer, free_port, start_triton
+from tests import demo_fixtures
 
+demo_checkpoints = demo_fixtures.demo_checkpoints
 ROOT = Path(__file__).resolve().parents[1]
 TEST_API_KEY = "sk-ingot-test-key"
 TEST_SETTINGS = PortableSettings(kv_cache_memory_bytes=32 << 20, max_num_seqs=32, max_num_batched_tokens=512)
-
-
-@pytest.fixture(scope="session")
-def demo_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("checkpoints")
-    return {kind: make_demo_checkpoint(kind, root / f"demo-{kind}") for kind in ("llama", "mistral")}
 
 
 @pytest.fixture(scope="session")

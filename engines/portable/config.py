@@ -32,7 +32,8 @@ class ModelConfig:
     def from_dict(cls, raw: dict) -> "ModelConfig":
         architecture = (raw.get("architectures") or ["?"])[0]
         if architecture not in SUPPORTED_ARCHITECTURES:
-            raise ValueError(f"unsupported architecture {architecture!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+            raise ValueError(f"unsupported architecture {architecture!r}; "
+                             f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
         rope = dict(raw.get("rope_parameters") or {})
         scaling = raw.get("rope_scaling") or rope or None
         if scaling and scaling.get("rope_type", scaling.get("type", "default")) == "default":

@@ -1,11 +1,14 @@
 """CUDA graphs for decode steps: one graph per batch-size bucket, replayed with fresh inputs.
 
 A decode step is the same sequence of kernels every time, so it is captured once per bucket and
-replayed; the step's inputs are copied into static buffers first. Padded rows write their K/V
-nowhere (slot -1) and attend to one cached token of block 0; their logits are dropped.
+replayed. All of a step's inputs (token ids, positions, cache slots, context lengths, block tables)
+live in one int32 device buffer, filled from a pinned host buffer by a single asynchronous copy: the
+host never waits for the GPU to prepare a step. Padded rows write their K/V nowhere (slot -1) and
+attend to one cached token of whatever block their table row names; their logits are dropped.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from engines.portable.attention import AttentionMetadata, GpuAttentionMetadata
@@ -20,15 +23,20 @@ class DecodeGraphs:
         from engines.portable import kernels
 
         self.model, self.kv_caches, self.block_size = model, kv_caches, block_size
-        self.max_context_len = max_context_len
+        self.max_context_len, self.max_blocks = max_context_len, max_blocks
         device = kv_caches[0][0].device
         self.buckets = [b for b in BUCKETS if b <= max_batch] or [max_batch]
-        largest = self.buckets[-1]
-        self.input_ids = torch.zeros(largest, dtype=torch.long, device=device)
-        self.positions = torch.zeros(largest, dtype=torch.long, device=device)
-        self.slots = torch.full((largest,), -1, dtype=torch.long, device=device)
-        self.block_tables = torch.zeros(largest, max_blocks, dtype=torch.int32, device=device)
-        self.context_lens = torch.ones(largest, dtype=torch.int32, device=device)
+        self.largest = largest = self.buckets[-1]
+        # layout: ids | positions | slots | context lengths (each `largest` long) | tables [largest, max_blocks]
+        size = largest * (4 + max_blocks)
+        self.inputs = torch.zeros(size, dtype=torch.int32, device=device)
+        self.staging = torch.zeros(size, dtype=torch.int32).pin_memory()
+        self.host = self.staging.numpy()
+        self.host[2 * largest:3 * largest] = -1
+        self.host[3 * largest:4 * largest] = 1
+        self.inputs.copy_(self.staging)
+        self.input_ids, self.positions, self.slots, self.context_lens = self.inputs[:4 * largest].view(4, largest)
+        self.block_tables = self.inputs[4 * largest:].view(largest, max_blocks)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         kv_heads = model.config.num_kv_heads
@@ -59,20 +67,28 @@ class DecodeGraphs:
         return self.model.logits(hidden)
 
     def fits(self, batch: int, max_blocks: int) -> bool:
-        return batch <= self.buckets[-1] and max_blocks <= self.block_tables.shape[1]
+        return batch <= self.largest and max_blocks <= self.max_blocks
 
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
-            block_tables: torch.Tensor, context_lens: torch.Tensor) -> torch.Tensor:
-        """Logits [B, vocab] of one decode step for B sequences (inputs already on the device)."""
-        batch = input_ids.shape[0]
+    def run(self, input_ids: list[int], positions: list[int], slots: list[int], block_tables: list[list[int]]
+            ) -> torch.Tensor:
+        """Logits [B, vocab] of one decode step for B sequences, from host-side lists.
+
+        The pinned buffer is rewritten only after the previous step's results were read back, which
+        waited for this copy, so reusing it is safe."""
+        batch, largest, host = len(input_ids), self.largest, self.host
         bucket = next(b for b in self.buckets if b >= batch)
-        self.input_ids[:batch].copy_(input_ids)
-        self.positions[:batch].copy_(positions)
-        self.slots[:bucket].fill_(-1)
-        self.slots[:batch].copy_(slots)
-        self.block_tables[:bucket].zero_()
-        self.block_tables[:batch, : block_tables.shape[1]].copy_(block_tables)
-        self.context_lens[:bucket].fill_(1)
-        self.context_lens[:batch].copy_(context_lens)
+        host[:batch] = input_ids
+        host[largest:largest + batch] = positions
+        host[2 * largest:2 * largest + batch] = slots
+        host[2 * largest + batch:2 * largest + bucket] = -1
+        context = np.asarray(positions, dtype=np.int32) + 1
+        host[3 * largest:3 * largest + batch] = context
+        host[3 * largest + batch:3 * largest + bucket] = 1
+        tables = host[4 * largest:].reshape(largest, self.max_blocks)
+        for row, table in enumerate(block_tables):
+            tables[row, :len(table)] = table
+        # entries past a row's context are never read, and padded rows read column 0, always a valid id
+        used = 4 * largest + bucket * self.max_blocks
+        self.inputs[:used].copy_(self.staging[:used], non_blocking=True)
         self.graphs[bucket].replay()
         return self.logits[bucket][:batch]

@@ -178,7 +178,7 @@ class LLMEngine:
         params_list = params if isinstance(params, list) else [params] * len(prompts)
         if len(params_list) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params_list)} sampling parameters")
-        for prompt, p in zip(prompts, params_list):
+        for prompt, p in zip(prompts, params_list, strict=True):
             self._check(prompt, p)  # all or nothing: no request is left behind by a later bad one
         ids = [f"offline-{index}-{id(prompts)}" for index in range(len(prompts))]
         results: dict[str, list[int]] = {rid: [] for rid in ids}

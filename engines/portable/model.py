@@ -22,6 +22,8 @@ class CausalLM:
         self.q_size = config.num_heads * config.head_dim
         self.kv_size = config.num_kv_heads * config.head_dim
         self.scale = config.head_dim ** -0.5
+        # the fused elementwise kernels (GPU, half precision): see engines.portable.kernels.fused
+        self.fused = dtype in (torch.bfloat16, torch.float16)
 
     def _attention(self, layer: dict, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                    cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -41,6 +43,8 @@ class CausalLM:
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Hidden states [T, hidden] after the final norm."""
+        if meta.gpu is not None and self.fused:
+            return self._forward_fused(input_ids, positions, meta, kv_caches)
         eps = self.config.rms_norm_eps
         hidden = F.embedding(input_ids, self.weights["embed"])
         for layer, cache in zip(self.weights["layers"], kv_caches, strict=True):
@@ -48,6 +52,24 @@ class CausalLM:
                                               cache)
             hidden = hidden + self._mlp(layer, rms_norm(hidden, layer["post_norm"], eps))
         return rms_norm(hidden, self.weights["norm"], eps)
+
+    def _forward_fused(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                       kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The same forward with the GPU kernels: the residual add rides in the next norm's kernel,
+        rotary embedding in the K/V write, SiLU * up in one pass."""
+        from engines.portable import kernels
+
+        cfg, eps = self.config, self.config.rms_norm_eps
+        hidden, residual = F.embedding(input_ids, self.weights["embed"]), None
+        for layer, (k_cache, v_cache) in zip(self.weights["layers"], kv_caches, strict=True):
+            x, residual = kernels.add_rms_norm(hidden, residual, layer["input_norm"], eps)
+            q = kernels.rope_write_kv(F.linear(x, layer["qkv"]), positions, self.rope.cos, self.rope.sin,
+                                      k_cache, v_cache, meta.slot_mapping, cfg.num_heads, cfg.num_kv_heads)
+            attention = paged_attention(q, k_cache, v_cache, meta, self.scale)
+            hidden = F.linear(attention.reshape(-1, self.q_size), layer["o"])
+            x, residual = kernels.add_rms_norm(hidden, residual, layer["post_norm"], eps)
+            hidden = F.linear(kernels.silu_mul(F.linear(x, layer["gate_up"])), layer["down"])
+        return kernels.add_rms_norm(hidden, residual, self.weights["norm"], eps)[0]
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

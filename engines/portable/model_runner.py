@@ -79,13 +79,26 @@ class ModelRunner:
         last_token = torch.tensor(query_lens).cumsum(0) - 1
         return tensor(input_ids), tensor(positions), meta, last_token.to(self.device)
 
+    def _run_graph(self, scheduled: list[tuple[Sequence, int]]) -> torch.Tensor | None:
+        """A decode-only step through a captured graph, its inputs built straight from the
+        sequences; None when the step does not fit one."""
+        if not self.graphs.fits(len(scheduled), max(len(seq.block_table) for seq, _ in scheduled)):
+            return None
+        block_size = self.config.block_size
+        seqs = [seq for seq, _ in scheduled]
+        positions = [seq.num_computed_tokens for seq in seqs]
+        slots = [seq.block_table[p // block_size] * block_size + p % block_size
+                 for seq, p in zip(seqs, positions, strict=True)]
+        return self.graphs.run([seq.token_ids[p] for seq, p in zip(seqs, positions, strict=True)], positions, slots,
+                               [seq.block_table for seq in seqs])
+
     def run(self, scheduled: list[tuple[Sequence, int]], sample_rows: list[int]) -> torch.Tensor:
         """Logits [len(sample_rows), vocab] at the last new token of the scheduled entries listed."""
+        if self.graphs is not None and len(sample_rows) == len(scheduled) and all(n == 1 for _, n in scheduled):
+            logits = self._run_graph(scheduled)
+            if logits is not None:
+                return logits
         input_ids, positions, meta, last_token = self._prepare(scheduled)
-        decode_only = meta.max_query_len == 1 and len(sample_rows) == len(scheduled)
-        if self.graphs is not None and decode_only and self.graphs.fits(len(scheduled), meta.block_tables.shape[1]):
-            return self.graphs.run(input_ids, positions, meta.slot_mapping, meta.gpu.block_tables,
-                                   meta.gpu.context_lens)
         hidden = self.model.forward(input_ids, positions, meta, self.kv_caches)
         rows = last_token[torch.tensor(sample_rows, dtype=torch.long, device=self.device)]
         return self.model.logits(hidden[rows])

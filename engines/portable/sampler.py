@@ -23,17 +23,24 @@ def _padded(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, 
     return ids.to(device), valid.to(device)
 
 
+def _penalised(seqs: list[Sequence]) -> tuple[bool, bool]:
+    """Whether any sequence asks for a repetition penalty, and for a presence or frequency one."""
+    repetition = any(s.params.repetition_penalty != 1.0 for s in seqs)
+    return repetition, any(s.params.presence_penalty != 0 or s.params.frequency_penalty != 0 for s in seqs)
+
+
 def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
     device, vocab = logits.device, logits.shape[-1]
-    repetition = torch.tensor([s.params.repetition_penalty for s in seqs], device=device)
-    presence = torch.tensor([s.params.presence_penalty for s in seqs], device=device)
-    frequency = torch.tensor([s.params.frequency_penalty for s in seqs], device=device)
-    if bool((repetition != 1.0).any()):
+    repetition_wanted, additive_wanted = _penalised(seqs)
+    if repetition_wanted:
+        repetition = torch.tensor([s.params.repetition_penalty for s in seqs], device=device)
         ids, valid = _padded([s.token_ids for s in seqs], device)
         seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, ids, valid)
         penalised = torch.where(logits > 0, logits / repetition[:, None], logits * repetition[:, None])
         logits = torch.where(seen, penalised, logits)
-    if bool((presence != 0).any() or (frequency != 0).any()):
+    if additive_wanted:
+        presence = torch.tensor([s.params.presence_penalty for s in seqs], device=device)
+        frequency = torch.tensor([s.params.frequency_penalty for s in seqs], device=device)
         ids, valid = _padded([s.output_token_ids for s in seqs], device)
         counts = torch.zeros(len(seqs), vocab, device=device).scatter_add_(1, ids, valid.float())
         logits = logits - frequency[:, None] * counts - presence[:, None] * (counts > 0).float()
@@ -88,8 +95,25 @@ def _exponential_noise(seqs: list[Sequence], shape: tuple[int, int], device: tor
     return noise
 
 
+def _plain_greedy(seqs: list[Sequence]) -> bool:
+    """Greedy everywhere with nothing that reshapes the logits: the argmax is the answer.
+    (One plain loop: this runs every step over the whole batch.)"""
+    for seq in seqs:
+        p = seq.params
+        if (not p.greedy or p.repetition_penalty != 1.0 or p.presence_penalty != 0 or p.frequency_penalty != 0
+                or (p.min_length and seq.num_output_tokens < p.min_length)):
+            return False
+    return True
+
+
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[float]]:
     """Next token of each sequence and its log-probability under the model's raw distribution."""
+    if _plain_greedy(seqs):
+        # one read-back for both answers; token ids are exact in float64
+        chosen = logits.argmax(dim=-1)
+        logprob = logits.gather(1, chosen[:, None])[:, 0] - logits.logsumexp(dim=-1)
+        both = torch.stack((chosen.double(), logprob.double())).cpu()
+        return both[0].long().tolist(), both[1].tolist()
     logprobs = logits.log_softmax(dim=-1)
     logits = apply_min_length(apply_penalties(logits, seqs), seqs)
     chosen = logits.argmax(dim=-1)

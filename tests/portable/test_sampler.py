@@ -64,7 +64,8 @@ def test_top_k_one_and_tiny_top_p_are_greedy(make_engine):
     prompt = prompt_of(9, seed=5)
     greedy = engine.generate([prompt], SamplingParams(max_new_tokens=16, temperature=0.0))[0]
     assert engine.generate([prompt], SamplingParams(max_new_tokens=16, top_k=1, temperature=1.5))[0] == greedy
-    assert engine.generate([prompt], SamplingParams(max_new_tokens=16, top_p=1e-6, temperature=1.0, seed=1))[0] == greedy
+    nucleus = SamplingParams(max_new_tokens=16, top_p=1e-6, temperature=1.0, seed=1)
+    assert engine.generate([prompt], nucleus)[0] == greedy
 
 
 def test_end_id_stops_and_is_excluded_stop_sequences_are_included(make_engine):

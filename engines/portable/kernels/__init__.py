@@ -1,5 +1,6 @@
-"""GPU kernels of the portable engine (Triton): paged decode attention, paged prefill attention, and
-the fused KV-cache write. Plain-torch references live in `reference`.
+"""GPU kernels of the portable engine (Triton): paged decode attention, paged prefill attention, the
+fused KV-cache write, and the fused elementwise parts of a layer (residual add + RMSNorm, SiLU * up,
+rotary embedding + KV write). Plain-torch references live in `reference`.
 
 Importing this package needs neither CUDA nor the `triton` package: the kernel modules load on
 first use, so CPU-only installs can import the engine and check `available()`.
@@ -15,6 +16,9 @@ _LAZY = {
     "paged_prefill_attention": "prefill_attention",
     "gather_prefill_attention": "prefill_attention",
     "write_kv": "kv_cache",
+    "add_rms_norm": "fused",
+    "silu_mul": "fused",
+    "rope_write_kv": "fused",
 }
 
 __all__ = ["available", "unavailable_reason", *_LAZY]

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engines.portable.kernels.paged_attention import dot_precision
+
 _NEG_BIG = tl.constexpr(-1.0e30)
 _LOG2E = 1.4426950408889634
 
@@ -26,6 +28,7 @@ def _prefill_kernel(
     stride_kn, stride_kt, stride_kh, stride_vn, stride_vt, stride_vh, stride_tb,
     GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr,
     BLOCK_M: tl.constexpr, QUERIES: tl.constexpr, BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     head_block = tl.program_id(0)  # fastest axis: the heads of one tile run side by side, sharing L2
     tile = tl.program_id(1)
@@ -67,7 +70,7 @@ def _prefill_kernel(
                         + dims[None, :], mask=key_ok[:, None], other=0.0)
             v = tl.load(v_ptr + block[:, None] * stride_vn + offset[:, None] * stride_vt + kv_head * stride_vh
                         + dims[None, :], mask=key_ok[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k)) * qk_scale_log2
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
             visible = key_ok[None, :] & (pos[None, :] <= q_pos[:, None])
             if USE_WINDOW:
                 visible = visible & (q_pos[:, None] - pos[None, :] < window)
@@ -76,7 +79,7 @@ def _prefill_kernel(
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             m_i = m_new
 
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -119,6 +122,7 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         GROUP=group, KV_GROUP=kv_group, HEAD_DIM=head_dim, PAGE=page,
         BLOCK_M=block_m, QUERIES=queries_per_tile, BLOCK_N=block_n, USE_WINDOW=use_window,
+        DOT_PRECISION=dot_precision(q.dtype),
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
