@@ -90,6 +90,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     cuda_graphs: bool = True  # capture decode steps on CUDA
+    # with CUDA graphs: launch the next greedy decode step before reading this one's tokens
+    pipeline_decode: bool = True
 
     def __post_init__(self):
         if self.block_size <= 0 or self.max_num_seqs <= 0:

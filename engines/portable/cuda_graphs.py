@@ -1,12 +1,19 @@
 """CUDA graphs for decode steps: one graph per batch-size bucket, replayed with fresh inputs.
 
 A decode step is the same sequence of kernels every time, so it is captured once per bucket and
-replayed. All of a step's inputs (token ids, positions, cache slots, context lengths, block tables)
-live in one int32 device buffer, filled from a pinned host buffer by a single asynchronous copy: the
-host never waits for the GPU to prepare a step. Padded rows write their K/V nowhere (slot -1) and
-attend to one cached token of whatever block their table row names; their logits are dropped.
+replayed. All of a step's inputs (token ids, positions, cache slots, context lengths, where to take
+each token id from, block tables) live in one int32 device buffer, filled from a pinned host buffer by
+a single asynchronous copy. Padded rows write their K/V nowhere (slot -1) and attend to one cached
+token of whatever block their table row names; their logits are dropped.
+
+Each graph also ends with the greedy choice (argmax and its log-probability), copied back to pinned
+memory behind an event. A row's input token can be taken from the previous launch's greedy choice on
+the device (`source_rows`), so the engine can launch the next step before it has read this one's
+tokens. Host buffers alternate between two launches, which is how far ahead the engine runs.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,6 +22,17 @@ from engines.portable.attention import AttentionMetadata, GpuAttentionMetadata
 from engines.portable.model import CausalLM
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+_FIELDS = 5  # ids, positions, slots, context lengths, source rows
+
+
+@dataclass
+class Launch:
+    """One replayed decode step: its results are ready once `event` has passed."""
+
+    batch: int
+    bucket: int
+    buffer: int
+    event: torch.cuda.Event
 
 
 class DecodeGraphs:
@@ -27,16 +45,24 @@ class DecodeGraphs:
         device = kv_caches[0][0].device
         self.buckets = [b for b in BUCKETS if b <= max_batch] or [max_batch]
         self.largest = largest = self.buckets[-1]
-        # layout: ids | positions | slots | context lengths (each `largest` long) | tables [largest, max_blocks]
-        size = largest * (4 + max_blocks)
+        size = largest * (_FIELDS + max_blocks)
         self.inputs = torch.zeros(size, dtype=torch.int32, device=device)
-        self.staging = torch.zeros(size, dtype=torch.int32).pin_memory()
-        self.host = self.staging.numpy()
-        self.host[2 * largest:3 * largest] = -1
-        self.host[3 * largest:4 * largest] = 1
-        self.inputs.copy_(self.staging)
-        self.input_ids, self.positions, self.slots, self.context_lens = self.inputs[:4 * largest].view(4, largest)
-        self.block_tables = self.inputs[4 * largest:].view(largest, max_blocks)
+        self.stagings = [torch.zeros(size, dtype=torch.int32).pin_memory() for _ in range(2)]
+        self.hosts = [staging.numpy() for staging in self.stagings]
+        for host in self.hosts:
+            host[2 * largest:3 * largest] = -1  # slots
+            host[3 * largest:4 * largest] = 1  # context lengths
+            host[4 * largest:5 * largest] = -1  # source rows
+        self.inputs.copy_(self.stagings[0])
+        fields = self.inputs[:_FIELDS * largest].view(_FIELDS, largest)
+        self.input_ids, self.positions, self.slots, self.context_lens, self.source_rows = fields
+        self.block_tables = self.inputs[_FIELDS * largest:].view(largest, max_blocks)
+        # greedy choice of the last launch per row: token id (exact in fp32) and its log-probability;
+        # rows first, so a batch's results are one contiguous block (a strided copy to the host
+        # would go through pageable memory and wait for the GPU)
+        self.sampled = torch.zeros(largest, 2, dtype=torch.float32, device=device)
+        self.results = [torch.zeros(largest, 2, dtype=torch.float32).pin_memory() for _ in range(2)]
+        self.next_buffer = 0
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         kv_heads = model.config.num_kv_heads
@@ -63,32 +89,54 @@ class DecodeGraphs:
             sliding_window=self.model.config.sliding_window, gpu=gpu)
 
     def _forward(self, batch: int, meta: AttentionMetadata) -> torch.Tensor:
-        hidden = self.model.forward(self.input_ids[:batch], self.positions[:batch], meta, self.kv_caches)
-        return self.model.logits(hidden)
+        source = self.source_rows[:batch]
+        previous = self.sampled[source.clamp(min=0).long(), 0].to(torch.int32)
+        input_ids = torch.where(source >= 0, previous, self.input_ids[:batch])
+        hidden = self.model.forward(input_ids, self.positions[:batch], meta, self.kv_caches)
+        logits = self.model.logits(hidden)
+        chosen = logits.argmax(dim=-1)
+        self.sampled[:batch, 0].copy_(chosen)
+        self.sampled[:batch, 1].copy_(logits.gather(1, chosen[:, None])[:, 0] - logits.logsumexp(dim=-1))
+        return logits
 
     def fits(self, batch: int, max_blocks: int) -> bool:
         return batch <= self.largest and max_blocks <= self.max_blocks
 
-    def run(self, input_ids: list[int], positions: list[int], slots: list[int], block_tables: list[list[int]]
-            ) -> torch.Tensor:
-        """Logits [B, vocab] of one decode step for B sequences, from host-side lists.
-
-        The pinned buffer is rewritten only after the previous step's results were read back, which
-        waited for this copy, so reusing it is safe."""
-        batch, largest, host = len(input_ids), self.largest, self.host
+    def launch(self, input_ids: list[int], positions: list[int], slots: list[int], block_tables: list[list[int]],
+               source_rows: list[int] | None = None) -> Launch:
+        """Replays the decode step for B sequences given as host-side lists. A row whose source row
+        is >= 0 takes its input token from that row of the previous launch's greedy choice."""
+        batch, largest = len(positions), self.largest
         bucket = next(b for b in self.buckets if b >= batch)
+        buffer, self.next_buffer = self.next_buffer, 1 - self.next_buffer
+        # this buffer's last copy belonged to the launch before the previous one, which the engine
+        # has read back (waiting on its event) before launching again
+        host = self.hosts[buffer]
         host[:batch] = input_ids
         host[largest:largest + batch] = positions
         host[2 * largest:2 * largest + batch] = slots
         host[2 * largest + batch:2 * largest + bucket] = -1
-        context = np.asarray(positions, dtype=np.int32) + 1
-        host[3 * largest:3 * largest + batch] = context
+        host[3 * largest:3 * largest + batch] = np.asarray(positions, dtype=np.int32) + 1
         host[3 * largest + batch:3 * largest + bucket] = 1
-        tables = host[4 * largest:].reshape(largest, self.max_blocks)
+        host[4 * largest:4 * largest + batch] = -1 if source_rows is None else source_rows
+        tables = host[_FIELDS * largest:].reshape(largest, self.max_blocks)
         for row, table in enumerate(block_tables):
             tables[row, :len(table)] = table
         # entries past a row's context are never read, and padded rows read column 0, always a valid id
-        used = 4 * largest + bucket * self.max_blocks
-        self.inputs[:used].copy_(self.staging[:used], non_blocking=True)
+        used = _FIELDS * largest + bucket * self.max_blocks
+        self.inputs[:used].copy_(self.stagings[buffer][:used], non_blocking=True)
         self.graphs[bucket].replay()
-        return self.logits[bucket][:batch]
+        self.results[buffer][:batch].copy_(self.sampled[:batch], non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return Launch(batch, bucket, buffer, event)
+
+    def logits_of(self, launch: Launch) -> torch.Tensor:
+        """Logits [B, vocab] of a launch; valid until the next launch of the same bucket."""
+        return self.logits[launch.bucket][:launch.batch]
+
+    def greedy(self, launch: Launch) -> tuple[list[int], list[float]]:
+        """The launch's greedy tokens and their log-probabilities (waits for it)."""
+        launch.event.synchronize()
+        result = self.results[launch.buffer][:launch.batch]
+        return result[:, 0].long().tolist(), result[:, 1].tolist()

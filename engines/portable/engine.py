@@ -2,6 +2,13 @@
 
 `add_request` and `abort` may be called from any thread: they go through an inbox that `step()`
 drains. `step()` itself is called from one thread (Triton's model loop, or `generate`).
+
+Pipelined decoding: when every running sequence decodes greedily through a CUDA graph, a step launches
+the next decode before it reads the tokens of the one in flight, taking the next input tokens from the
+GPU. The host's bookkeeping (appending tokens, stop checks, scheduling, filling inputs) then overlaps
+the GPU's work instead of leaving it idle. A sequence that stops on the token being read has had one
+more step computed for it, which is dropped; its blocks are freed behind that step on the same stream.
+Anything else (prefills, sampling, penalties, new requests that can be admitted) runs step by step.
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import torch
 
 from engines.portable.block_manager import BlockManager
 from engines.portable.config import EngineConfig, ModelConfig
+from engines.portable.cuda_graphs import Launch
 from engines.portable.loader import load_weights, torch_dtype
 from engines.portable.model import CausalLM
 from engines.portable.model_runner import ModelRunner, kv_cache_blocks
@@ -20,6 +28,14 @@ from engines.portable.sampler import sample
 from engines.portable.sampling import SamplingParams
 from engines.portable.scheduler import Scheduler
 from engines.portable.sequence import Sequence, Status
+
+
+@dataclass
+class _InFlight:
+    """A launched greedy decode step whose tokens are not read yet."""
+
+    seqs: list[Sequence]
+    launch: Launch
 
 
 @dataclass
@@ -44,6 +60,8 @@ class LLMEngine:
         self.sequences: dict[str, Sequence] = {}
         self._inbox: list[tuple[str, object]] = []
         self._lock = threading.Lock()
+        self._in_flight: _InFlight | None = None
+        self.pipelined = engine_config.pipeline_decode and self.runner.graphs is not None
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | Path, config: EngineConfig | None = None) -> "LLMEngine":
@@ -125,15 +143,22 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         with self._lock:
             pending = bool(self._inbox)
-        return pending or self.scheduler.has_unfinished()
+        return pending or self._in_flight is not None or self.scheduler.has_unfinished()
 
     def step(self) -> list[StepOutput]:
         outputs = self._drain_inbox()
+        if self._in_flight is not None:
+            return outputs + self._read_in_flight()
         scheduled = self.scheduler.schedule()
         if not scheduled:
             return outputs
         completing = [row for row, (seq, count) in enumerate(scheduled)
                       if seq.num_computed_tokens + count == seq.num_tokens]
+        seqs = [seq for seq, _ in scheduled]
+        if (self.pipelined and len(completing) == len(scheduled) and all(count == 1 for _, count in scheduled)
+                and all(self._greedy_on_device(seq, 0) for seq in seqs) and self.runner.can_launch(seqs)):
+            self._launch(seqs, None)
+            return outputs
         # The forward runs even when nobody samples: a step of prefill chunks alone fills the KV cache.
         logits = self.runner.run(scheduled, completing)
         for seq, count in scheduled:
@@ -145,6 +170,55 @@ class LLMEngine:
         tokens, logprobs = sample(logits, seqs)
         for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True):
             outputs.append(self._append(seq, token, logprob))
+        return outputs
+
+    # ---- pipelined greedy decoding (CUDA graphs)
+
+    def _greedy_on_device(self, seq: Sequence, pending: int) -> bool:
+        """Whether the graph's argmax is this sequence's next token, given `pending` tokens of it
+        not appended yet: greedy, no penalties, and min_length reached."""
+        p = seq.params
+        return (p.greedy and p.repetition_penalty == 1.0 and p.presence_penalty == 0 and p.frequency_penalty == 0
+                and seq.num_output_tokens + pending >= p.min_length)
+
+    def _launch(self, seqs: list[Sequence], source_rows: list[int] | None) -> None:
+        launch = self.runner.launch_decode(seqs, source_rows)
+        for seq in seqs:
+            seq.num_computed_tokens += 1
+        self._in_flight = _InFlight(seqs, launch)
+
+    def _launch_ahead(self, in_flight: _InFlight) -> None:
+        """Launch the decode after the one in flight, if every running sequence is in it and will
+        still run after its token (not at its length limit), and blocks are free without preempting."""
+        scheduler = self.scheduler
+        running = [seq for seq in in_flight.seqs if seq.status is Status.RUNNING]
+        max_running = min(self.config.max_num_seqs, self.config.max_num_batched_tokens)
+        if len(running) != len(scheduler.running) or (scheduler.waiting and len(scheduler.running) < max_running):
+            return  # a prefill is under way, or a waiting request can be admitted: go step by step
+        rows = {id(seq): row for row, seq in enumerate(in_flight.seqs)}
+        following = [seq for seq in running if seq.num_output_tokens + 1 < seq.params.max_new_tokens
+                     and seq.num_tokens + 1 < self.max_model_len]
+        if not following or not all(self._greedy_on_device(seq, 1) for seq in following):
+            return
+        if sum(self.blocks.blocks_needed(seq, 1) for seq in following) > self.blocks.num_free_blocks:
+            return
+        for seq in following:
+            self.blocks.allocate(seq, 1)
+        if not self.runner.can_launch(following):
+            return
+        self._launch(following, [rows[id(seq)] for seq in following])
+
+    def _read_in_flight(self) -> list[StepOutput]:
+        in_flight, self._in_flight = self._in_flight, None
+        self._launch_ahead(in_flight)
+        tokens, logprobs = self.runner.greedy(in_flight.launch)
+        outputs = []
+        for seq, token, logprob in zip(in_flight.seqs, tokens, logprobs, strict=True):
+            if seq.status is Status.FINISHED:
+                continue  # aborted while its step ran, or stopped one step before this one
+            outputs.append(self._append(seq, token, logprob))
+            if seq.status is not Status.FINISHED:
+                self.blocks.register_full_blocks(seq)
         return outputs
 
     def _append(self, seq: Sequence, token: int, logprob: float) -> StepOutput:

@@ -5,6 +5,7 @@ import torch
 
 from engines.portable.attention import AttentionMetadata, GpuAttentionMetadata
 from engines.portable.config import EngineConfig, ModelConfig
+from engines.portable.cuda_graphs import DecodeGraphs, Launch
 from engines.portable.model import CausalLM
 from engines.portable.sequence import Sequence
 
@@ -39,8 +40,6 @@ class ModelRunner:
         self.use_kernels = self.device.type == "cuda" and _kernels_available()
         self.graphs = None
         if self.use_kernels and engine_config.cuda_graphs:
-            from engines.portable.cuda_graphs import DecodeGraphs
-
             max_len = engine_config.max_model_len or cfg.max_position_embeddings
             max_blocks = -(-max_len // engine_config.block_size)
             self.graphs = DecodeGraphs(model, self.kv_caches, engine_config.max_num_seqs, max_blocks,
@@ -79,25 +78,33 @@ class ModelRunner:
         last_token = torch.tensor(query_lens).cumsum(0) - 1
         return tensor(input_ids), tensor(positions), meta, last_token.to(self.device)
 
-    def _run_graph(self, scheduled: list[tuple[Sequence, int]]) -> torch.Tensor | None:
-        """A decode-only step through a captured graph, its inputs built straight from the
-        sequences; None when the step does not fit one."""
-        if not self.graphs.fits(len(scheduled), max(len(seq.block_table) for seq, _ in scheduled)):
-            return None
+    def can_launch(self, seqs: list[Sequence]) -> bool:
+        """Whether a decode step of `seqs` fits a captured graph."""
+        return self.graphs is not None and self.graphs.fits(len(seqs), max(len(seq.block_table) for seq in seqs))
+
+    def launch_decode(self, seqs: list[Sequence], source_rows: list[int] | None = None) -> Launch:
+        """Starts a graph decode step at each sequence's next position; returns without waiting.
+
+        Input tokens come from the sequences, or for rows with `source_rows[i] >= 0` from that row of
+        the previous launch's greedy choice, still on the device."""
         block_size = self.config.block_size
-        seqs = [seq for seq, _ in scheduled]
         positions = [seq.num_computed_tokens for seq in seqs]
         slots = [seq.block_table[p // block_size] * block_size + p % block_size
                  for seq, p in zip(seqs, positions, strict=True)]
-        return self.graphs.run([seq.token_ids[p] for seq, p in zip(seqs, positions, strict=True)], positions, slots,
-                               [seq.block_table for seq in seqs])
+        if source_rows is None:
+            input_ids = [seq.token_ids[p] for seq, p in zip(seqs, positions, strict=True)]
+        else:
+            input_ids = [0] * len(seqs)  # every row reads the device
+        return self.graphs.launch(input_ids, positions, slots, [seq.block_table for seq in seqs], source_rows)
+
+    def greedy(self, launch: Launch) -> tuple[list[int], list[float]]:
+        return self.graphs.greedy(launch)
 
     def run(self, scheduled: list[tuple[Sequence, int]], sample_rows: list[int]) -> torch.Tensor:
         """Logits [len(sample_rows), vocab] at the last new token of the scheduled entries listed."""
-        if self.graphs is not None and len(sample_rows) == len(scheduled) and all(n == 1 for _, n in scheduled):
-            logits = self._run_graph(scheduled)
-            if logits is not None:
-                return logits
+        seqs = [seq for seq, _ in scheduled]
+        if len(sample_rows) == len(scheduled) and all(n == 1 for _, n in scheduled) and self.can_launch(seqs):
+            return self.graphs.logits_of(self.launch_decode(seqs))
         input_ids, positions, meta, last_token = self._prepare(scheduled)
         hidden = self.model.forward(input_ids, positions, meta, self.kv_caches)
         rows = last_token[torch.tensor(sample_rows, dtype=torch.long, device=self.device)]

@@ -106,6 +106,7 @@ def _plain_greedy(seqs: list[Sequence]) -> bool:
     return True
 
 
+@torch.inference_mode()  # the masks write into the logits, which may be a CUDA graph's (inference) output
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[float]]:
     """Next token of each sequence and its log-probability under the model's raw distribution."""
     if _plain_greedy(seqs):
