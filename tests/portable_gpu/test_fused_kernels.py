@@ -91,3 +91,17 @@ def test_rope_write_kv_rotates_and_scatters_exactly(dtype, heads, kv_heads, toke
     assert torch.equal(got_q, expected_q)
     assert torch.equal(k_cache, expected_k_cache)
     assert torch.equal(v_cache, expected_v_cache)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("n,k", [(4096, 4096), (1000, 1000), (12288, 4096), (37, 8000)])
+def test_gemv_matches_cublas(rows, n, k):
+    gen = torch.Generator(device="cuda").manual_seed(n + k + rows)
+    x = torch.randn(rows, k, generator=gen, device="cuda").to(torch.bfloat16)
+    weight = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
+    expected = x.float() @ weight.float().T
+    got = kernels.gemv(x, weight)
+    assert got.shape == (rows, n) and got.dtype == torch.bfloat16
+    # fp32 accumulation in both; only the bf16 rounding of the result and the summation order differ
+    assert ((got.float() - expected).norm() / expected.norm()).item() < 5e-3
+    assert ((torch.nn.functional.linear(x, weight).float() - expected).norm() / expected.norm()).item() < 5e-3

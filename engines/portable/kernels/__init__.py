@@ -1,6 +1,6 @@
 """GPU kernels of the portable engine (Triton): paged decode attention, paged prefill attention, the
 fused KV-cache write, and the fused elementwise parts of a layer (residual add + RMSNorm, SiLU * up,
-rotary embedding + KV write). Plain-torch references live in `reference`.
+rotary embedding + KV write), and a batch-1 GEMV. Plain-torch references live in `reference`.
 
 Importing this package needs neither CUDA nor the `triton` package: the kernel modules load on
 first use, so CPU-only installs can import the engine and check `available()`.
@@ -19,6 +19,7 @@ _LAZY = {
     "add_rms_norm": "fused",
     "silu_mul": "fused",
     "rope_write_kv": "fused",
+    "gemv": "gemv",
 }
 
 __all__ = ["available", "unavailable_reason", *_LAZY]
