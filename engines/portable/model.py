@@ -75,7 +75,7 @@ class CausalLM:
         """The GPU path's projections: the Triton GEMV for one token where it beats cuBLAS (measured at
         M = 1 only), cuBLAS otherwise."""
         from engines.portable import kernels
-        from engines.portable.kernels.gemv import MAX_K
+        from engines.portable.kernels.matvec import MAX_K
 
         if x.shape[0] == 1 and weight.shape[1] <= MAX_K:
             return kernels.gemv(x, weight)

@@ -45,3 +45,11 @@ def test_references_match_the_engine_attention():
             batched = reference.decode_attention_batched_ref(q[last], k_cache, v_cache, tables, lens,
                                                              int(lens.max()), 0.17, window)
             assert relative_error(batched, expected[last]) < 1e-5
+
+
+def test_no_lazy_kernel_is_shadowed_by_its_module():
+    """Importing `kernels.<module>` sets that name on the package, so a function named like its own
+    module would be replaced by the module after first use."""
+    assert kernels.__all__
+    for name, module in kernels._LAZY.items():
+        assert name != module, name

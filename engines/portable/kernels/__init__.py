@@ -19,7 +19,7 @@ _LAZY = {
     "add_rms_norm": "fused",
     "silu_mul": "fused",
     "rope_write_kv": "fused",
-    "gemv": "gemv",
+    "gemv": "matvec",
 }
 
 __all__ = ["available", "unavailable_reason", *_LAZY]
