@@ -3,9 +3,18 @@
 The wheel carries the server, the Python backend and one backend stub per Python version. The stub
 for the running interpreter goes beside `libtriton_python.so` in a writable copy of the backend
 folder, and the virtual environment's `bin/` leads PATH, so the stub imports from this environment.
+The package is found without being imported, so a trimmed copy of it (only `pytriton/tritonserver/`
+and `nvidia_pytriton.libs/` side by side, see benchmarks/device_bundle.py) serves as well.
+
+The stub's interpreter ignores PYTHONPATH: it sees the standard library, the site-packages of the
+environment whose `bin/` leads PATH, and its working directory, which is the repository root (so
+`engines` imports). `INGOT_TRITON_PYTHON` names another interpreter whose environment the stub should
+use instead: Triton 2.51's stub sends empty output tensors under numpy 2, so where the serving
+environment has numpy 2 the stub gets one with numpy 1.26 (benchmarks/device_env.sh makes such one).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -34,9 +43,16 @@ def _die_with_parent() -> None:
 
 
 def pytriton_root() -> Path:
-    import pytriton
+    """`pytriton/tritonserver/`, without running pytriton's __init__ (it imports the whole client)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonStartError("nvidia-pytriton is not installed: no tritonserver binary to run")
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
 
-    return Path(pytriton.__file__).parent / "tritonserver"
+
+def pytriton_libs() -> Path:
+    """The shared libraries the wheel bundles, beside the package in the same site directory."""
+    return pytriton_root().parents[1] / "nvidia_pytriton.libs"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -45,30 +61,57 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def prepare_backends(work_dir: Path) -> Path:
-    """A writable backend folder with the Python backend and the stub for this interpreter."""
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class StubPython:
+    """The interpreter whose environment the Python-backend stub runs in."""
+
+    executable: str
+    version: str  # "3.12"
+    libdir: str  # where its libpythonX.Y lies
+
+    @classmethod
+    def find(cls) -> "StubPython":
+        executable = os.environ.get("INGOT_TRITON_PYTHON") or sys.executable
+        if executable == sys.executable:
+            return cls(executable, f"{sys.version_info.major}.{sys.version_info.minor}",
+                       sysconfig.get_config_var("LIBDIR") or "")
+        probe = "import sys, sysconfig; print(f'{sys.version_info[0]}.{sys.version_info[1]}'); " \
+                "print(sysconfig.get_config_var('LIBDIR') or '')"
+        try:
+            lines = subprocess.run([executable, "-c", probe], check=True, capture_output=True, text=True,
+                                   timeout=60).stdout.splitlines()
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise TritonStartError(f"INGOT_TRITON_PYTHON={executable} does not run: {exc}") from exc
+        return cls(executable, lines[0], lines[1] if len(lines) > 1 else "")
+
+
+def prepare_backends(work_dir: Path, python: StubPython) -> Path:
+    """A writable backend folder with the Python backend and the stub for `python`'s version."""
     root = pytriton_root()
     backends = Path(work_dir) / "backends"
     python_backend = backends / "python"
     if python_backend.exists():
         shutil.rmtree(python_backend)
     shutil.copytree(root / "backends" / "python", python_backend, ignore=shutil.ignore_patterns("__pycache__"))
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    stub = root / "python_backend_stubs" / python.version / "triton_python_backend_stub"
     if not stub.is_file():
-        raise TritonStartError(f"nvidia-pytriton ships no Python-backend stub for Python {version}")
+        raise TritonStartError(f"nvidia-pytriton ships no Python-backend stub for Python {python.version}")
     shutil.copy2(stub, python_backend / "triton_python_backend_stub")
     return backends
 
 
-def server_environment() -> dict[str, str]:
+def server_environment(python: StubPython | None = None) -> dict[str, str]:
+    python = python or StubPython.find()
     env = dict(os.environ)
-    libs = Path(sysconfig.get_paths()["purelib"]) / "nvidia_pytriton.libs"
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
-    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
-    # The stub imports the project's packages (engines.*) from the repository it runs for.
-    project_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
+    # The stub links libpythonX.Y: an interpreter that keeps it in its own lib/ needs that folder too.
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        p for p in (str(pytriton_libs()), python.libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    env["PATH"] = os.pathsep.join((str(Path(python.executable).parent), env.get("PATH", "")))
+    # Ignored by the stub's interpreter (see above), kept for the day a stub honours it.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -133,9 +176,10 @@ def start_triton(
     metrics_port: int = 0,
 ) -> TritonServer:
     """Start tritonserver in the background; call `wait_ready()` on the result."""
-    work_dir = Path(work_dir)
+    work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
-    backends = prepare_backends(work_dir)
+    python = StubPython.find()
+    backends = prepare_backends(work_dir, python)
     ports = [port or free_port(host) for port in (http_port, grpc_port, metrics_port)]
     log_path = work_dir / "tritonserver.log"
     command = [
@@ -154,7 +198,8 @@ def start_triton(
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(), start_new_session=True,
+            command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(python), cwd=PROJECT_ROOT,
+            start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
     return TritonServer(process, host, *ports, log_path=log_path)
