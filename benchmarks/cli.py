@@ -60,6 +60,7 @@ def _run_parser(run: argparse.ArgumentParser) -> None:
     run.add_argument("--model", help="model name to request (default: the first of the target's /v1/models)")
     run.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the bearer token")
     run.add_argument("--min-tokens", action="store_true", help="send min_tokens = max_tokens (OpenAI-style targets)")
+    run.add_argument("--temperature", type=float, help="send this temperature (OpenAI-style targets; 0: greedy)")
     load = run.add_mutually_exclusive_group()
     load.add_argument("--concurrency", type=_numbers, help="closed loop: users, e.g. 1,2,4,8 (default 1)")
     load.add_argument("--rate", type=_numbers, help="open loop: Poisson request rates in req/s, e.g. 1,2,4")
@@ -74,6 +75,8 @@ def _run_parser(run: argparse.ArgumentParser) -> None:
     run.add_argument("--length-spread", type=float, default=0.0, help="relative spread of the lengths")
     run.add_argument("--tokenizer", type=Path, help="directory with tokenizer.json: exact prompt token counts")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--fresh-prompts", action="store_true",
+                     help="new prompts at every load point (same for every target), so prefix caches never hit")
     run.add_argument("--goodput-limits", type=_numbers, default=list(DEFAULT_SPEED_LIMITS),
                      help="per-user decode speed limits in tok/s (default 60,80)")
     run.add_argument("--out", type=Path, help="report folder (default benchmarks/results/<UTC time>)")
@@ -92,7 +95,7 @@ def _numbers(text: str) -> list[float]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    defaults = Target("", "", args.api, args.server, args.model, args.api_key_env, args.min_tokens)
+    defaults = Target("", "", args.api, args.server, args.model, args.api_key_env, args.min_tokens, args.temperature)
     targets = [parse_target(spec, defaults, i) for i, spec in enumerate(args.target)]
     if len({t.name for t in targets}) != len(targets):
         raise ValueError("targets need distinct names (name=...)")
@@ -102,7 +105,9 @@ def _run(args: argparse.Namespace) -> int:
         if point.mode == "concurrency" and point.value > args.num_requests:
             print(f"warning: {point.label} with {args.num_requests} requests never has more than "
                   f"{args.num_requests} users in flight; raise --num-requests", file=sys.stderr)
-    sweep = Sweep(targets, points, _workload(args), args.seed, Limits(args.duration, args.request_timeout))
+    requests = _workload(args, args.num_requests * (len(points) if args.fresh_prompts else 1))
+    sweep = Sweep(targets, points, requests, args.seed, Limits(args.duration, args.request_timeout),
+                  fresh_prompts=args.fresh_prompts)
     with SweepProgress(enabled=not args.quiet) as progress:
         resolved, runs = asyncio.run(run_sweep(sweep, progress))
     report = reports.build_report(resolved, runs, _settings(args), tuple(args.goodput_limits))
@@ -114,14 +119,13 @@ def _run(args: argparse.Namespace) -> int:
     return _verdict(report)
 
 
-def _workload(args: argparse.Namespace) -> list[workload.BenchRequest]:
+def _workload(args: argparse.Namespace, count: int) -> list[workload.BenchRequest]:
     tokenizer = workload.load_tokenizer(args.tokenizer) if args.tokenizer else None
     outputs = workload.LengthSpec(args.output_tokens or 128, args.length_dist, args.length_spread)
     if args.prompts:
-        return workload.from_file(args.prompts, args.num_requests, outputs if args.output_tokens else None,
-                                  args.seed, tokenizer)
+        return workload.from_file(args.prompts, count, outputs if args.output_tokens else None, args.seed, tokenizer)
     inputs = workload.LengthSpec(args.input_tokens, args.length_dist, args.length_spread)
-    return workload.synthetic(args.num_requests, inputs, outputs, args.seed, tokenizer)
+    return workload.synthetic(count, inputs, outputs, args.seed, tokenizer)
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -130,7 +134,8 @@ def _settings(args: argparse.Namespace) -> dict:
               + (f" ±{args.length_spread:g}" if args.length_dist != "fixed" else ""))
     return {"command": "ingot bench " + " ".join(args.argv), "workload": source,
             "tokenizer": str(args.tokenizer) if args.tokenizer else None, "seed": args.seed,
-            "num_requests": args.num_requests, "duration_s": args.duration,
+            "num_requests": args.num_requests, "fresh_prompts": args.fresh_prompts,
+            "temperature": args.temperature, "duration_s": args.duration,
             "request_timeout_s": args.request_timeout, "load": "open loop (Poisson)" if args.rate else "closed loop"}
 
 

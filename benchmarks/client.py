@@ -92,18 +92,22 @@ async def _read_stream(response: httpx.Response, target: Target, record: Request
 
 
 def _openai_chunk(event: dict, record: RequestRecord) -> tuple[bool, bool]:
-    """(carries output, is final). Role-only, finish-only and usage-only chunks carry no output."""
+    """(carries output, is final). Role-only, finish-only and usage-only chunks carry no output.
+
+    A choice with a `finish_reason` ends the answer: `transformers serve` sends no `[DONE]` after it.
+    """
     usage = event.get("usage")
     if usage:
         record.prompt_tokens = usage.get("prompt_tokens")
         record.output_tokens = usage.get("completion_tokens") or 0
         record.usage_reported = True
+    carries, final = False, False
     for choice in event.get("choices") or []:
         delta = choice.get("delta") or {}
         text = delta.get("content") or delta.get("reasoning_content") or choice.get("text")
-        if text or choice.get("logprobs"):
-            return True, False
-    return False, False
+        carries = carries or bool(text or choice.get("logprobs"))
+        final = final or bool(choice.get("finish_reason"))
+    return carries, final
 
 
 def _tgi_event(event: dict, record: RequestRecord) -> tuple[bool, bool]:

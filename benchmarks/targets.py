@@ -25,6 +25,7 @@ class Target:
     model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     min_tokens: bool = False        # send min_tokens = max_tokens (for servers without ignore_eos)
+    temperature: float | None = None  # sent when set (OpenAI-style APIs); 0 asks for greedy decoding
 
     @property
     def endpoint(self) -> str:
@@ -48,6 +49,8 @@ class Target:
             body["ignore_eos"] = True
         if self.min_tokens:
             body["min_tokens"] = request.max_tokens
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
         return body
 
 

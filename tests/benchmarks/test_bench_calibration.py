@@ -99,3 +99,16 @@ def test_two_targets_interleave_and_produce_a_ratio_table(calibration_target, ru
     for row in ratios["points"]:
         assert 0.4 < row["decode_speed_p50"] < 0.6      # 25 tok/s against 50 tok/s
     assert "## Ratios to fast" in (out / "summary.md").read_text()
+
+
+def test_fresh_prompts_give_each_point_its_own_requests(calibration_target, run_bench, assert_consistent):
+    a, b = calibration_target(PACE), calibration_target(PACE)
+    code, report, _ = run_bench("--target", f"name=a,url={a}", "--target", f"name=b,url={b}", "--concurrency", "1,2",
+                                "--fresh-prompts", *SMALL)
+
+    assert code == 0
+    indexes = {(e["target"], e["point"]["label"]): sorted(r["index"] for r in e["records"]) for e in report["runs"]}
+    assert indexes[("a", "c=1")] == indexes[("b", "c=1")] == [0, 1, 2, 3]
+    assert indexes[("a", "c=2")] == indexes[("b", "c=2")] == [4, 5, 6, 7]
+    assert report["settings"]["fresh_prompts"] is True
+    assert_consistent(report, output_tokens=12)

@@ -76,3 +76,18 @@ def test_payloads_per_server_kind():
                                "details": {"generated_tokens": 2, "input_length": 2}}), tgi)
     assert seen["json"] == {"inputs": "hello there", "parameters": {"max_new_tokens": 3, "details": True}}
     assert record.ok and record.output_tokens == 2 and record.prompt_tokens == 2
+
+
+def test_a_finish_reason_ends_the_answer_without_done():
+    # transformers serve: finish reason and usage in the last chunk, no [DONE]
+    record, _ = answer(sse(chunk(role="assistant"), chunk("a"), chunk("b"),
+                           {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+                            "usage": {"prompt_tokens": 4, "completion_tokens": 2}}))
+    assert record.ok and record.output_tokens == 2 and len(record.chunk_times) == 2
+
+
+def test_temperature_is_sent_only_when_asked():
+    _, seen = answer(sse(chunk("a"), "[DONE]"), parse_target("url=http://server", Target("", "", temperature=0.0), 0))
+    assert seen["json"]["temperature"] == 0.0
+    _, seen = answer(sse(chunk("a"), "[DONE]"))
+    assert "temperature" not in seen["json"]
