@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -73,17 +74,19 @@ ARCHITECTURES = {
 }
 
 
-def train_tokenizer(vocab_size: int = 640) -> Tokenizer:
+def train_tokenizer(vocab_size: int = 640, corpus: Iterable[str] | None = None,
+                    special_tokens: Sequence[str] = SPECIAL_TOKENS) -> Tokenizer:
+    """A byte-level BPE trained on `corpus` (default: the built-in text), with `<s>` added in front."""
     tokenizer = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    tokenizer.train_from_iterator(CORPUS.splitlines() if corpus is None else corpus, trainer=trainer)
     bos_id = tokenizer.token_to_id(BOS)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
