@@ -9,7 +9,9 @@ ingot_site=${INGOT_DEVICE_SITE:-/tmp/site}
 ingot_stub_env=${INGOT_DEVICE_STUB_ENV:-/tmp/stub-env}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$ingot_site" \
     "$ingot_bundle"/wheels/*.whl || return 1
-tar -xJf "$ingot_bundle"/pytriton-py*.tar.xz -C "$ingot_site" || return 1
+python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="tar")' \
+    "$ingot_bundle"/pytriton-py"$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')".tar.xz \
+    "$ingot_site" || return 1
 python3 -m venv --without-pip "$ingot_stub_env" || return 1
 ingot_stub_site=$("$ingot_stub_env"/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$ingot_stub_site" \
