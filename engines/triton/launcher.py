@@ -88,8 +88,10 @@ class StubPython:
         return cls(executable, lines[0], lines[1] if len(lines) > 1 else "")
 
 
-def prepare_backends(work_dir: Path, python: StubPython) -> Path:
-    """A writable backend folder with the Python backend and the stub for `python`'s version."""
+def prepare_backends(work_dir: Path, python: StubPython | None = None) -> Path:
+    """A writable backend folder with the Python backend and the stub for `python`'s version (by
+    default the interpreter that runs the stub, see StubPython.find; the Dockerfile calls it so)."""
+    python = python or StubPython.find()
     root = pytriton_root()
     backends = Path(work_dir) / "backends"
     python_backend = backends / "python"
