@@ -32,3 +32,16 @@ def test_another_interpreter_leads_path_and_picks_the_stub_version(monkeypatch, 
 def test_the_server_and_its_libraries_lie_side_by_side():
     assert (pytriton_root() / "bin" / "tritonserver").is_file()
     assert pytriton_libs().is_dir() and pytriton_libs().parent == pytriton_root().parents[1]
+
+
+def test_prepare_backends_as_the_dockerfile_calls_it(monkeypatch, tmp_path):
+    """The portable image prepares the backend folder with no interpreter named: this one's stub."""
+    from engines.triton.launcher import prepare_backends
+
+    monkeypatch.delenv("INGOT_TRITON_PYTHON", raising=False)
+    assert "prepare_backends(Path('/opt/ingot'))" in (PROJECT_ROOT / "Dockerfile").read_text()
+    python = prepare_backends(tmp_path) / "python"
+    assert (python / "triton_python_backend_stub").is_file() and (python / "libtriton_python.so").is_file()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    expected = pytriton_root() / "python_backend_stubs" / version / "triton_python_backend_stub"
+    assert (python / "triton_python_backend_stub").read_bytes() == expected.read_bytes()
