@@ -130,7 +130,7 @@ class PortableSettings:
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
     block_size: int = 16
-    kv_cache_memory_bytes: int = 256 << 20
+    kv_cache_memory_bytes: int | None = None  # None: what the GPU has free on CUDA, 256 MiB on CPU
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
@@ -143,7 +143,7 @@ class PortableSettings:
             "device": self.device,
             "dtype": self.dtype,
             "block_size": str(self.block_size),
-            "kv_cache_memory_bytes": str(self.kv_cache_memory_bytes),
+            "kv_cache_memory_bytes": "auto" if self.kv_cache_memory_bytes is None else str(self.kv_cache_memory_bytes),
             "max_num_seqs": str(self.max_num_seqs),
             "max_num_batched_tokens": str(self.max_num_batched_tokens),
             "enable_kv_cache_reuse": "true" if self.enable_prefix_caching else "false",

@@ -16,6 +16,17 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if device.startswith("cuda") else "float32"
 
 
+CPU_KV_CACHE_BYTES = 256 << 20
+
+
+def resolve_kv_cache_bytes(value: str, device: str) -> int:
+    """"auto": 0 on CUDA, which sizes the pool from the GPU's free memory once the weights are loaded
+    (EngineConfig.gpu_memory_utilization), and 256 MiB on CPU."""
+    if value != "auto":
+        return int(value)
+    return 0 if device.startswith("cuda") else CPU_KV_CACHE_BYTES
+
+
 def engine_config_from_parameters(parameters: dict[str, str]):
     from engines.portable.config import EngineConfig
 
@@ -24,7 +35,7 @@ def engine_config_from_parameters(parameters: dict[str, str]):
         device=device,
         dtype=resolve_dtype(parameters.get("dtype", "auto"), device),
         block_size=int(parameters.get("block_size", 16)),
-        kv_cache_memory_bytes=int(parameters.get("kv_cache_memory_bytes", 256 << 20)),
+        kv_cache_memory_bytes=resolve_kv_cache_bytes(parameters.get("kv_cache_memory_bytes", "auto"), device),
         max_num_seqs=int(parameters.get("max_num_seqs", 64)),
         max_num_batched_tokens=int(parameters.get("max_num_batched_tokens", 2048)),
         enable_prefix_caching=parameters.get("enable_kv_cache_reuse", "true").lower() == "true",

@@ -1,0 +1,22 @@
+"""The portable model's config.pbtxt parameters -> EngineConfig."""
+from __future__ import annotations
+
+from engines.repository import PortableSettings
+from engines.triton.engine_settings import CPU_KV_CACHE_BYTES, engine_config_from_parameters
+
+
+def test_kv_cache_is_sized_from_the_gpu_by_default_and_fixed_on_cpu():
+    params = PortableSettings().parameters()
+    assert params["kv_cache_memory_bytes"] == "auto"
+    cpu = engine_config_from_parameters({**params, "device": "cpu"})
+    assert (cpu.device, cpu.dtype, cpu.kv_cache_memory_bytes) == ("cpu", "float32", CPU_KV_CACHE_BYTES)
+    gpu = engine_config_from_parameters({**params, "device": "cuda"})
+    assert (gpu.device, gpu.dtype, gpu.kv_cache_memory_bytes) == ("cuda", "bfloat16", 0)  # 0: the GPU's free memory
+
+
+def test_explicit_settings_pass_through():
+    params = PortableSettings(device="cuda", dtype="float16", kv_cache_memory_bytes=3 << 30, max_num_seqs=8,
+                              max_num_batched_tokens=1024, enable_prefix_caching=False).parameters()
+    config = engine_config_from_parameters(params)
+    assert (config.device, config.dtype, config.kv_cache_memory_bytes) == ("cuda", "float16", 3 << 30)
+    assert (config.max_num_seqs, config.max_num_batched_tokens, config.enable_prefix_caching) == (8, 1024, False)
