@@ -15,6 +15,7 @@ from engines.portable import kernels
 from engines.portable.config import EngineConfig
 from engines.portable.engine import LLMEngine
 from engines.portable.sampling import SamplingParams
+from tests.portable.pipelining import assert_same_for_clients, mixed_requests, run_all
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason=f"needs a CUDA GPU: {kernels.unavailable_reason()}")
 
@@ -90,63 +91,20 @@ def test_bf16_against_transformers(kind, tmp_path):
     assert identical >= len(report) // 2, report
 
 
-def _run_all(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]], abort_after: dict[str, int]):
-    """Tokens, logprobs and finish reason per request; `abort_after[rid]` aborts it after that many steps."""
-    results = {rid: {"tokens": [], "logprobs": [], "reason": None} for rid in requests}
-    for rid, (prompt, params) in requests.items():
-        engine.add_request(rid, prompt, params)
-    steps = 0
-    while engine.has_unfinished():
-        for output in engine.step():
-            entry = results[output.request_id]
-            entry["tokens"] += output.new_token_ids
-            entry["logprobs"] += output.new_logprobs or []
-            if output.finished:
-                entry["reason"] = output.finish_reason
-        steps += 1
-        for rid, at in abort_after.items():
-            if steps == at:
-                engine.abort(rid)
-    return results
-
 
 @pytest.mark.parametrize("kind", ["llama", "mistral"])
 def test_pipelined_decoding_matches_step_by_step(kind, demo_checkpoints):
-    """Launching the next greedy step before reading this one changes nothing a client sees: the
-    same tokens, logprobs and finish reasons with stops on end ids, stop sequences, length limits,
-    min_length, a sampled request mixed in, and an abort; and every block comes back."""
+    """Launching the next greedy step before reading this one changes nothing a client sees, with the
+    real CUDA graphs (tests/portable/test_pipelining.py checks the same on the CPU with eager launches);
+    and every block comes back."""
     torch.backends.cuda.matmul.allow_tf32 = False
     engines = {pipelined: LLMEngine.from_checkpoint(demo_checkpoints[kind], EngineConfig(
         device="cuda", dtype="float32", pipeline_decode=pipelined, max_num_seqs=16)) for pipelined in (True, False)}
     assert engines[True].pipelined and not engines[False].pipelined
     batch = prompts(engines[True].model_config.vocab_size)
     free = engines[False].generate(batch, [SamplingParams(max_new_tokens=n, temperature=0.0) for _, n in LENGTHS])
-
-    def requests():
-        reqs = {}
-        for index, (prompt, (_, new), output) in enumerate(zip(batch, LENGTHS, free, strict=True)):
-            params = SamplingParams(max_new_tokens=new, temperature=0.0, return_logprobs=True)
-            if index == 1:
-                params.end_id = output[len(output) // 2]  # ends mid-way on its end id
-            elif index == 2:
-                params.stop_token_sequences = [output[5:7]]  # ends on a stop sequence
-            elif index == 3:
-                params.end_id, params.min_length = output[2], 9  # held back until min_length
-            elif index == 4:
-                params.temperature, params.seed = 0.8, 7  # sampled on the host: no pipelining while it runs
-            reqs[f"r{index}"] = (prompt, params)
-        reqs["late"] = (batch[0], SamplingParams(max_new_tokens=30, temperature=0.0, return_logprobs=True))
-        return reqs
-
-    results = {pipelined: _run_all(engine, requests(), {"r5": 9}) for pipelined, engine in engines.items()}
-    for pipelined in (True, False):  # the abort lands after a different number of tokens in each
-        aborted = results[pipelined].pop("r5")
-        assert aborted["reason"] == "abort" and aborted["tokens"] == free[5][:len(aborted["tokens"])]
-    for rid, expected in results[False].items():
-        got = results[True][rid]
-        assert got["tokens"] == expected["tokens"], rid
-        assert got["reason"] == expected["reason"], rid
-        assert got["logprobs"] == pytest.approx(expected["logprobs"], abs=1e-4), rid
-    assert results[True]["r1"]["reason"] == "stop" and results[True]["r2"]["reason"] == "stop"
+    requests = mixed_requests(batch, free, [n for _, n in LENGTHS])
+    results = {pipelined: run_all(engine, requests, {"r5": 9}) for pipelined, engine in engines.items()}
+    assert_same_for_clients(results[True], results[False], "r5", free[5])
     for engine in engines.values():
         assert engine.num_free_blocks == engine.num_total_blocks
