@@ -24,7 +24,7 @@ from engines.portable.cuda_graphs import Launch
 from engines.portable.loader import load_weights, torch_dtype
 from engines.portable.model import CausalLM
 from engines.portable.model_runner import ModelRunner, kv_cache_blocks
-from engines.portable.sampler import sample
+from engines.portable.sampler import argmax_is_next, sample
 from engines.portable.sampling import SamplingParams
 from engines.portable.scheduler import Scheduler
 from engines.portable.sequence import Sequence, Status
@@ -154,11 +154,11 @@ class LLMEngine:
             return outputs
         completing = [row for row, (seq, count) in enumerate(scheduled)
                       if seq.num_computed_tokens + count == seq.num_tokens]
-        seqs = [seq for seq, _ in scheduled]
-        if (self.pipelined and len(completing) == len(scheduled) and all(count == 1 for _, count in scheduled)
-                and all(self._greedy_on_device(seq, 0) for seq in seqs) and self.runner.can_launch(seqs)):
-            self._launch(seqs, None)
-            return outputs
+        if self.pipelined and self.runner.graph_decode(scheduled, completing):
+            seqs = [seq for seq, _ in scheduled]
+            if all(argmax_is_next(seq) for seq in seqs):
+                self._launch(seqs, None)
+                return outputs
         # The forward runs even when nobody samples: a step of prefill chunks alone fills the KV cache.
         logits = self.runner.run(scheduled, completing)
         for seq, count in scheduled:
@@ -173,13 +173,6 @@ class LLMEngine:
         return outputs
 
     # ---- pipelined greedy decoding (CUDA graphs)
-
-    def _greedy_on_device(self, seq: Sequence, pending: int) -> bool:
-        """Whether the graph's argmax is this sequence's next token, given `pending` tokens of it
-        not appended yet: greedy, no penalties, and min_length reached."""
-        p = seq.params
-        return (p.greedy and p.repetition_penalty == 1.0 and p.presence_penalty == 0 and p.frequency_penalty == 0
-                and seq.num_output_tokens + pending >= p.min_length)
 
     def _launch(self, seqs: list[Sequence], source_rows: list[int] | None) -> None:
         launch = self.runner.launch_decode(seqs, source_rows)
@@ -198,7 +191,7 @@ class LLMEngine:
         rows = {id(seq): row for row, seq in enumerate(in_flight.seqs)}
         following = [seq for seq in running if seq.num_output_tokens + 1 < seq.params.max_new_tokens
                      and seq.num_tokens + 1 < self.max_model_len]
-        if not following or not all(self._greedy_on_device(seq, 1) for seq in following):
+        if not following or not all(argmax_is_next(seq, 1) for seq in following):
             return
         if sum(self.blocks.blocks_needed(seq, 1) for seq in following) > self.blocks.num_free_blocks:
             return

@@ -78,6 +78,11 @@ class ModelRunner:
         last_token = torch.tensor(query_lens).cumsum(0) - 1
         return tensor(input_ids), tensor(positions), meta, last_token.to(self.device)
 
+    def graph_decode(self, scheduled: list[tuple[Sequence, int]], sample_rows: list[int]) -> bool:
+        """Whether the step is one token per sequence, all sampled, and fits a captured graph."""
+        return (len(sample_rows) == len(scheduled) and all(count == 1 for _, count in scheduled)
+                and self.can_launch([seq for seq, _ in scheduled]))
+
     def can_launch(self, seqs: list[Sequence]) -> bool:
         """Whether a decode step of `seqs` fits a captured graph."""
         return self.graphs is not None and self.graphs.fits(len(seqs), max(len(seq.block_table) for seq in seqs))
@@ -102,9 +107,8 @@ class ModelRunner:
 
     def run(self, scheduled: list[tuple[Sequence, int]], sample_rows: list[int]) -> torch.Tensor:
         """Logits [len(sample_rows), vocab] at the last new token of the scheduled entries listed."""
-        seqs = [seq for seq, _ in scheduled]
-        if len(sample_rows) == len(scheduled) and all(n == 1 for _, n in scheduled) and self.can_launch(seqs):
-            return self.graphs.logits_of(self.launch_decode(seqs))
+        if self.graph_decode(scheduled, sample_rows):
+            return self.graphs.logits_of(self.launch_decode([seq for seq, _ in scheduled]))
         input_ids, positions, meta, last_token = self._prepare(scheduled)
         hidden = self.model.forward(input_ids, positions, meta, self.kv_caches)
         rows = last_token[torch.tensor(sample_rows, dtype=torch.long, device=self.device)]

@@ -95,21 +95,18 @@ def _exponential_noise(seqs: list[Sequence], shape: tuple[int, int], device: tor
     return noise
 
 
-def _plain_greedy(seqs: list[Sequence]) -> bool:
-    """Greedy everywhere with nothing that reshapes the logits: the argmax is the answer.
-    (One plain loop: this runs every step over the whole batch.)"""
-    for seq in seqs:
-        p = seq.params
-        if (not p.greedy or p.repetition_penalty != 1.0 or p.presence_penalty != 0 or p.frequency_penalty != 0
-                or (p.min_length and seq.num_output_tokens < p.min_length)):
-            return False
-    return True
+def argmax_is_next(seq: Sequence, pending: int = 0) -> bool:
+    """Whether the argmax of the raw logits is this sequence's next token, with `pending` tokens of it
+    not appended yet: greedy, no penalties, and min_length reached (so nothing is masked)."""
+    p = seq.params
+    return (p.greedy and p.repetition_penalty == 1.0 and p.presence_penalty == 0 and p.frequency_penalty == 0
+            and seq.num_output_tokens + pending >= p.min_length)
 
 
 @torch.inference_mode()  # the masks write into the logits, which may be a CUDA graph's (inference) output
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[float]]:
     """Next token of each sequence and its log-probability under the model's raw distribution."""
-    if _plain_greedy(seqs):
+    if all(argmax_is_next(seq) for seq in seqs):
         # one read-back for both answers; token ids are exact in float64
         chosen = logits.argmax(dim=-1)
         logprob = logits.gather(1, chosen[:, None])[:, 0] - logits.logsumexp(dim=-1)

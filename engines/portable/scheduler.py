@@ -74,15 +74,13 @@ class Scheduler:
         max_running = min(self.config.max_num_seqs, self.config.max_num_batched_tokens)
         scheduled: list[tuple[Sequence, int]] = []
         done: set[Sequence] = set()
-        block_size = self.blocks.block_size
         decodes = [seq for seq in self.running if seq.num_tokens - seq.num_computed_tokens == 1]
-        decodes_with_room = {seq for seq in decodes if seq.num_computed_tokens < len(seq.block_table) * block_size}
         prefills = [seq for seq in self.running if seq.num_tokens - seq.num_computed_tokens > 1]
         for seq in decodes + prefills:
             if seq.status is not Status.RUNNING or budget == 0:
                 continue  # preempted earlier in this loop, or no budget left
-            if seq in decodes_with_room:
-                count = 1  # the common case, kept cheap: its block has room for the new token
+            if seq.num_tokens - seq.num_computed_tokens == 1 and self.blocks.blocks_needed(seq, 1) == 0:
+                count = 1  # the common case, kept cheap: a decode whose last block has room
             else:
                 count = self._schedule_running(seq, budget, done)
             if count:
