@@ -38,6 +38,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.random_checkpoint import SHAPES, write_checkpoint
+from engines.triton.launcher import free_port, log_tail
 
 KEY_ENV = "INGOT_STACK_BENCH_KEY"
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,10 +55,7 @@ class Server:
         return self.process.poll() is None
 
     def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM to the server's process group, SIGKILL if it lingers."""
@@ -73,12 +71,6 @@ class Server:
                 return
             except subprocess.TimeoutExpired:
                 continue
-
-
-def free_port() -> int:
-    from engines.triton.launcher import free_port as pick
-
-    return pick()
 
 
 def spawn(name: str, command: list[str], log_path: Path, base_url: str, env: dict | None = None) -> Server:
@@ -248,13 +240,7 @@ def git_commit() -> str | None:
 
 
 def write_server_logs(out: Path, logs: dict[str, Path], lines: int = 150) -> None:
-    parts = []
-    for name, path in logs.items():
-        try:
-            tail = "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            tail = "(no log)"
-        parts.append(f"===== {name}: last {lines} lines of {path}\n{tail}\n")
+    parts = [f"===== {name}: last {lines} lines of {path}\n{log_tail(path, lines)}\n" for name, path in logs.items()]
     (out / "server_logs.txt").write_text("\n".join(parts))
 
 

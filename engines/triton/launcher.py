@@ -55,6 +55,14 @@ def pytriton_libs() -> Path:
     return pytriton_root().parents[1] / "nvidia_pytriton.libs"
 
 
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a server's log, for error messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -153,10 +161,7 @@ class TritonServer:
         raise TritonStartError(f"tritonserver not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process.poll() is not None:
