@@ -149,8 +149,11 @@ def start_transformers(args, checkpoint: Path, work: Path) -> Server:
     command = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(checkpoint),
                "--host", "127.0.0.1", "--port", str(port), "--device", args.device, "--dtype", args.dtype]
     if args.hf_continuous_batching:
+        # the same tokens per step as our engine: transformers' default (8192) sizes its masks beyond a
+        # small machine's memory on CPU
         command += ["--continuous-batching", "--cb-block-size", str(args.hf_block_size),
-                    "--cb-num-blocks", str(hf_kv_blocks(args))]
+                    "--cb-num-blocks", str(hf_kv_blocks(args)),
+                    "--cb-max-batch-tokens", str(args.max_num_batched_tokens)]
     command += args.hf_arg
     return spawn("transformers", command, work / "transformers.log", f"http://127.0.0.1:{port}")
 
