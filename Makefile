@@ -2,27 +2,45 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 DEMO ?= llama
 PORT ?= 8000
 VENV ?= .venv
+# INSTALL=0: use $(VENV) as it is, without installing or refreshing anything (an environment you manage).
+INSTALL ?= 1
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Serving needs only the runtime dependencies; the test extras (moto, kubernetes-validate, matplotlib,
+# accelerate, ruff, openai, ...) come on top for `make test`. Each install has its own stamp, so `make serve`
+# after `make test` (or the reverse, once both are installed) installs nothing.
+SERVE_STAMP := $(VENV)/.installed-serve
+TEST_STAMP := $(VENV)/.installed
+
+ifeq ($(INSTALL),1)
+SERVE_DEPS := $(SERVE_STAMP)
+TEST_DEPS := $(TEST_STAMP)
+endif
 
 .PHONY: venv serve test lint clean
 
-$(STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	@touch $(SERVE_STAMP)
+
+# '.[test]' holds every runtime dependency too: a test environment serves as well.
+$(TEST_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	@touch $(STAMP)
+	@touch $(TEST_STAMP) $(SERVE_STAMP)
 
-venv: $(STAMP)
+venv: $(SERVE_DEPS)
 
-serve: $(STAMP)
+serve: $(SERVE_DEPS)
 	$(PY) -m server.cli serve --demo $(DEMO) --port $(PORT)
 
-test: $(STAMP)
+test: $(TEST_DEPS)
 	$(PY) -m pytest -q
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check engines server benchmarks tests
+lint: $(TEST_DEPS)
+	$(PY) -m ruff check engines server benchmarks tests
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
