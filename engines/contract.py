@@ -30,6 +30,12 @@ class TensorSpec:
     def numpy_dtype(self) -> np.dtype:
         return np.dtype(NUMPY_DTYPES[self.dtype])
 
+    @property
+    def max_value(self) -> int | float:
+        """The largest value the tensor's dtype holds: the gateway bounds request fields by it (no silent wrap)."""
+        dtype = self.numpy_dtype
+        return int(np.iinfo(dtype).max) if dtype.kind in "iu" else float(np.finfo(dtype).max)
+
 
 NUMPY_DTYPES = {"INT32": np.int32, "UINT64": np.uint64, "FP32": np.float32, "FP16": np.float16, "BOOL": np.bool_}
 

@@ -13,6 +13,7 @@ from server.errors import APIError, error_response, install_error_handlers
 from server.metrics import Metrics
 from server.routes import chat, completions, health, models
 from server.settings import Settings
+from server.surrogates import CHECK as REJECT_LONE_SURROGATES
 from server.tokenizer import Tokenizer
 from server.triton_client import TritonEngineClient
 
@@ -45,7 +46,7 @@ def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> 
         yield
         await engine.close()
 
-    app = FastAPI(title="Ingot", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Ingot", version="0.1.0", lifespan=lifespan, dependencies=[REJECT_LONE_SURROGATES])
     app.state.settings, app.state.keys, app.state.metrics = settings, keys, Metrics()
     app.state.model, app.state.tokenizer, app.state.engine = model, tokenizer, engine
     install_error_handlers(app)

@@ -1,17 +1,24 @@
 """Errors in the OpenAI shape: {"error": {"message", "type", "param", "code"}} with the right status."""
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+log = logging.getLogger("ingot.gateway")
+# Seconds a client should wait before retrying while the engine is down (Triton restarts with a short backoff).
+ENGINE_RETRY_AFTER_S = 5
+
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = dict(headers or {})
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -21,13 +28,17 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, "invalid_request_error", param, code)
 
 
-def unavailable(message: str) -> APIError:
-    return APIError(503, message, "service_unavailable", None, "engine_unavailable")
+def unavailable(message: str, retry_after_s: int = ENGINE_RETRY_AFTER_S) -> APIError:
+    """A 503 whose message is for the client: what went wrong inside is logged, never sent."""
+    return APIError(503, message, "service_unavailable", None, "engine_unavailable",
+                    headers={"Retry-After": str(retry_after_s)})
 
 
 def error_response(error: APIError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+    headers = dict(error.headers)
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -56,5 +67,6 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(APIError(exc.status_code, str(exc.detail), kind))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(APIError(500, f"internal error: {type(exc).__name__}", "server_error"))

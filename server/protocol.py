@@ -7,7 +7,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from engines.contract import INPUT_SPECS
+
 MAX_STOP_STRINGS = 16
+# Integer fields end up in the contract's tensors: bounded by their dtypes, so a huge value is a 400, never a
+# silent wrap (top_k = 2**32 + 1 would become 1, greedy) nor an overflow in the gateway.
+MAX_OUTPUT_LEN = INPUT_SPECS["request_output_len"].max_value
+MAX_TOP_K = INPUT_SPECS["runtime_top_k"].max_value
+MAX_MIN_LENGTH = INPUT_SPECS["min_length"].max_value
+MAX_SEED = INPUT_SPECS["random_seed"].max_value
+MAX_FP32 = INPUT_SPECS["repetition_penalty"].max_value
 
 
 class StreamOptions(BaseModel):
@@ -17,10 +26,10 @@ class StreamOptions(BaseModel):
 class SamplingFields(BaseModel):
     """Fields shared by chat and text completions, OpenAI's plus the usual vLLM extensions."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_LEN)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1)
@@ -29,12 +38,12 @@ class SamplingFields(BaseModel):
     stop: str | list[str] | None = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    seed: int | None = Field(default=None, ge=0, lt=2**64)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     user: str | None = None
     # Extensions that vLLM and TGI users expect.
-    top_k: int | None = Field(default=None, ge=0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0)
-    min_tokens: int = Field(default=0, ge=0)
+    top_k: int | None = Field(default=None, ge=0, le=MAX_TOP_K)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=MAX_FP32)
+    min_tokens: int = Field(default=0, ge=0, le=MAX_MIN_LENGTH)
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
@@ -75,7 +84,7 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_LEN)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     add_generation_prompt: bool = True

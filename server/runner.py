@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from fastapi import Request
 
-from server.errors import APIError, bad_request, unavailable
+from server.errors import APIError, bad_request, log, unavailable
 from server.generation import Delta, GenerationPlan, generate
 from server.metrics import Metrics
 from server.triton_client import EngineFailed, EngineRejected, EngineUnavailable
@@ -17,11 +17,13 @@ T = TypeVar("T")
 
 
 def as_api_error(exc: Exception) -> APIError:
-    if isinstance(exc, EngineUnavailable):
-        return unavailable(f"The inference engine is not reachable or not ready; try again shortly. ({exc})")
     if isinstance(exc, EngineRejected):
         return bad_request(f"The engine rejected the request: {exc}")
-    return APIError(500, f"The inference engine failed: {exc}", "server_error", code="engine_error")
+    log.warning("engine error (%s): %s", type(exc).__name__, exc)  # gRPC text and addresses stay in the log
+    if isinstance(exc, EngineUnavailable):
+        return unavailable("The inference engine is not reachable or not ready; try again shortly.")
+    return APIError(500, "The inference engine failed while generating; try again.", "server_error",
+                    code="engine_error")
 
 
 class GenerationRun:

@@ -19,7 +19,8 @@ async def health() -> dict:
 async def ready(request: Request):
     if await request.app.state.engine.is_ready():
         return JSONResponse({"status": "ready", "model": request.app.state.model.name})
-    return error_response(unavailable(f"Triton model not ready at {request.app.state.settings.triton_url}"))
+    # Open route: says nothing about where the engine lives (the address is in the gateway's log at start).
+    return error_response(unavailable("The model is not ready to serve yet."))
 
 
 @router.get("/metrics")
