@@ -135,6 +135,8 @@ class PortableSettings:
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
     max_batch_size: int = 64
+    # how often cancelled requests are found and the gauges refreshed (TensorRT-LLM's parameter of that name)
+    cancellation_check_period_ms: int = 100
 
     def parameters(self) -> dict[str, str]:
         return {
@@ -148,6 +150,7 @@ class PortableSettings:
             "max_num_batched_tokens": str(self.max_num_batched_tokens),
             "enable_kv_cache_reuse": "true" if self.enable_prefix_caching else "false",
             "exclude_input_in_output": "true",
+            "cancellation_check_period_ms": str(self.cancellation_check_period_ms),
         }
 
 

@@ -40,3 +40,15 @@ def engine_config_from_parameters(parameters: dict[str, str]):
         max_num_batched_tokens=int(parameters.get("max_num_batched_tokens", 2048)),
         enable_prefix_caching=parameters.get("enable_kv_cache_reuse", "true").lower() == "true",
     )
+
+
+DEFAULT_CANCELLATION_CHECK_PERIOD_MS = 100
+
+
+def cancellation_check_period_s(parameters: dict[str, str]) -> float:
+    """How often the model asks Triton which requests were cancelled (and refreshes its gauges): TensorRT-LLM's
+    `cancellation_check_period_ms`. A cancelled request stops generating within about one period."""
+    value = int(parameters.get("cancellation_check_period_ms", DEFAULT_CANCELLATION_CHECK_PERIOD_MS))
+    if value <= 0:
+        raise ValueError(f"cancellation_check_period_ms must be positive, got {value}")
+    return value / 1000.0

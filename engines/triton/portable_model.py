@@ -1,9 +1,13 @@
 """Triton Python-backend model `tensorrt_llm` serving the contract from the portable engine.
 
-Decoupled: `execute` only queues requests; one background thread runs the engine's steps and sends
-each request's new tokens as they come (or everything at once when `streaming` is false), flagging
-the last response final. A request whose client went away (Triton marks it cancelled), or a request
-carrying `stop`=true for the same request id, is aborted and its KV blocks freed.
+Decoupled, with three threads besides Triton's:
+- `execute` only queues requests for the engine;
+- the engine thread runs the engine's steps and hands each step's tokens to the outbox, never waiting
+  on Triton (see engines/triton/responses.py: one sender thread sends them, a request's waiting tokens
+  together in one response when sending falls behind, always ending with a final response);
+- a monitor asks Triton, every `cancellation_check_period_ms` as TensorRT-LLM's backend does, which
+  requests were cancelled (each ask is a round trip to the server), aborts those in the engine, and
+  updates the gauges. A request carrying `stop`=true aborts the request with the same id at once.
 """
 from __future__ import annotations
 
@@ -11,25 +15,17 @@ import json
 import threading
 import traceback
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
 from engines import contract
-from engines.triton.engine_settings import engine_config_from_parameters
+from engines.triton.engine_settings import cancellation_check_period_s, engine_config_from_parameters
+from engines.triton.responses import Flight, Outbox, Outgoing
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-
-
-@dataclass
-class InFlight:
-    sender: object
-    client_id: str
-    streaming: bool
-    return_log_probs: bool
-    pending_ids: list[int] = field(default_factory=list)
-    pending_log_probs: list[float] = field(default_factory=list)
+# How long finalize waits for a running step and for the last responses: below Triton's exit timeout.
+FINALIZE_WAIT_S = 3.0
 
 
 class TritonPythonModel:
@@ -42,13 +38,15 @@ class TritonPythonModel:
         checkpoint = version_dir / parameters.get("checkpoint_dir", "checkpoint")
         self.logger = pb_utils.Logger
         self.engine = LLMEngine.from_checkpoint(checkpoint, engine_config_from_parameters(parameters))
-        self.in_flight: dict[str, InFlight] = {}
-        self.lock = threading.Lock()
+        self.check_period = cancellation_check_period_s(parameters)
+        self.outbox = Outbox(self._send, self.logger.log_error)
         self.wake = threading.Event()
-        self.stopping = False
+        self.stopping = threading.Event()
         self.gauges = self._make_gauges(args["model_name"])
         self.loop = threading.Thread(target=self._run, name="portable-engine", daemon=True)
+        self.monitor = threading.Thread(target=self._watch, name="portable-monitor", daemon=True)
         self.loop.start()
+        self.monitor.start()
         self.logger.log_info(f"portable engine ready: {checkpoint}")
 
     @staticmethod
@@ -66,27 +64,13 @@ class TritonPythonModel:
             gauges[name] = (family, family.Metric(labels={"model": model_name}))
         return gauges
 
-    def _update_gauges(self) -> None:
-        with self.lock:
-            running = len(self.in_flight)
-        values = {
-            "ingot_engine_running_requests": running,
-            "ingot_engine_free_kv_blocks": self.engine.num_free_blocks,
-            "ingot_engine_total_kv_blocks": self.engine.num_total_blocks,
-        }
-        for name, value in values.items():
-            self.gauges[name][1].set(value)
+    # ---- requests in (Triton's thread)
 
     def execute(self, requests):
         for request in requests:
             self._accept(request)
         self.wake.set()
         return None
-
-    def finalize(self):
-        self.stopping = True
-        self.wake.set()
-        self.loop.join(timeout=10)
 
     def _accept(self, request) -> None:
         sender = request.get_response_sender()
@@ -113,77 +97,91 @@ class TritonPythonModel:
         if generation.beam_width != 1:
             raise ValueError("beam_width must be 1: the portable engine samples one beam")
         internal_id = uuid.uuid4().hex
-        flight = InFlight(sender, client_id, generation.streaming, generation.return_log_probs)
-        with self.lock:
-            self.in_flight[internal_id] = flight
+        self.outbox.add(internal_id, Flight(sender, client_id, generation.streaming, generation.return_log_probs))
         try:
             self.engine.add_request(internal_id, generation.input_ids, SamplingParams.from_request(generation))
         except ValueError:
-            with self.lock:
-                self.in_flight.pop(internal_id, None)
+            self.outbox.discard(internal_id)
             raise
 
     def _stop_client_id(self, client_id: str) -> None:
-        with self.lock:
-            targets = [rid for rid, flight in self.in_flight.items() if client_id and flight.client_id == client_id]
-        for rid in targets:
-            self.engine.abort(rid)
+        if not client_id:
+            return
+        for request_id, flight in self.outbox.flights():
+            if flight.client_id == client_id:
+                self.engine.abort(request_id)  # the engine's abort output ends it with a final response
+
+    # ---- the engine thread: steps only, no I/O
 
     def _run(self) -> None:
-        while not self.stopping:
+        while not self.stopping.is_set():
             try:
-                self._iterate()
+                if not self.engine.has_unfinished():
+                    self.wake.wait(timeout=0.05)
+                    self.wake.clear()
+                    continue
+                self.outbox.put(self.engine.step())
             except Exception:  # the loop must outlive one bad step; that step's requests fail loudly
                 self.logger.log_error(f"engine step failed:\n{traceback.format_exc()}")
-                self._fail_all("engine step failed; see the Triton log")
+                for request_id in self.outbox.fail_all("engine step failed; see the Triton log"):
+                    self.engine.abort(request_id)
 
-    def _iterate(self) -> None:
-        self._abort_cancelled()
-        self._update_gauges()
-        if not self.engine.has_unfinished():
-            self.wake.wait(timeout=0.05)
-            self.wake.clear()
-            return
-        for output in self.engine.step():
-            self._deliver(output)
+    # ---- the monitor: cancellation and gauges, on a period
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(self.check_period):
+            try:
+                self._abort_cancelled()
+                self._update_gauges()
+            except Exception:  # Triton shutting down; the next period tries again
+                self.logger.log_warn(f"engine monitor: {traceback.format_exc(limit=2)}")
 
     def _abort_cancelled(self) -> None:
-        with self.lock:
-            cancelled = [rid for rid, flight in self.in_flight.items() if flight.sender.is_cancelled()]
-        for rid in cancelled:
-            self.engine.abort(rid)
+        aborted = False
+        for request_id, flight in self.outbox.flights():
+            if not flight.cancelled and flight.sender.is_cancelled():
+                flight.cancelled = True
+                self.engine.abort(request_id)
+                aborted = True
+        if aborted:
+            self.wake.set()
 
-    def _deliver(self, output) -> None:
-        with self.lock:
-            flight = self.in_flight.get(output.request_id)
-            if flight is None:
-                return
-            if output.finished:
-                del self.in_flight[output.request_id]
-        flight.pending_ids.extend(output.new_token_ids)
-        if flight.return_log_probs and output.new_logprobs:
-            flight.pending_log_probs.extend(output.new_logprobs)
-        if output.finish_reason == "abort" and flight.sender.is_cancelled():
-            return  # nobody is listening; Triton already closed the stream
-        if not (flight.streaming or output.finished):
+    def _update_gauges(self) -> None:
+        values = {
+            "ingot_engine_running_requests": len(self.outbox),
+            "ingot_engine_free_kv_blocks": self.engine.num_free_blocks,
+            "ingot_engine_total_kv_blocks": self.engine.num_total_blocks,
+        }
+        for name, value in values.items():
+            self.gauges[name][1].set(value)
+
+    # ---- the sender thread (engines/triton/responses.py calls this)
+
+    @staticmethod
+    def _send(outgoing: Outgoing) -> None:
+        flags = FINAL if outgoing.final else 0
+        if outgoing.error is not None:
+            error = pb_utils.TritonError(outgoing.error)
+            outgoing.flight.sender.send(pb_utils.InferenceResponse(output_tensors=[], error=error), flags=flags)
             return
-        if flight.pending_ids or output.finished:
-            self._send(flight, final=output.finished)
-
-    def _send(self, flight: InFlight, final: bool) -> None:
-        chunk = contract.GenerationChunk(
-            output_ids=flight.pending_ids,
-            log_probs=flight.pending_log_probs if flight.return_log_probs else None,
-            final=final,
-        )
+        if outgoing.flight.cancelled:
+            if outgoing.final:  # nobody listens: only the final flag, which frees the request in Triton
+                outgoing.flight.sender.send(flags=FINAL)
+            return
+        chunk = contract.GenerationChunk(output_ids=outgoing.ids, log_probs=outgoing.log_probs, final=outgoing.final)
         tensors = [pb_utils.Tensor(name, array) for name, array in contract.encode_chunk(chunk).items()]
-        flight.pending_ids, flight.pending_log_probs = [], []
-        flight.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=FINAL if final else 0)
+        outgoing.flight.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=flags)
 
-    def _fail_all(self, message: str) -> None:
-        with self.lock:
-            failed, self.in_flight = self.in_flight, {}
-        for rid, flight in failed.items():
-            self.engine.abort(rid)
-            response = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
-            flight.sender.send(response, flags=FINAL)
+    # ---- unloading
+
+    def finalize(self):
+        """Stop the threads and end every request still held, each within a bounded wait: Triton frees
+        the requests on their final responses, and the stub exits only once this returns."""
+        self.stopping.set()
+        self.wake.set()
+        self.loop.join(timeout=FINALIZE_WAIT_S)
+        for request_id in self.outbox.fail_all("the model is being unloaded"):
+            self.engine.abort(request_id)
+        if not self.outbox.close(timeout=FINALIZE_WAIT_S):
+            self.logger.log_warn("portable engine: responses still being sent at unload")
+        self.monitor.join(timeout=FINALIZE_WAIT_S)

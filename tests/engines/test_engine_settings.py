@@ -1,8 +1,14 @@
 """The portable model's config.pbtxt parameters -> EngineConfig."""
 from __future__ import annotations
 
+import pytest
+
 from engines.repository import PortableSettings
-from engines.triton.engine_settings import CPU_KV_CACHE_BYTES, engine_config_from_parameters
+from engines.triton.engine_settings import (
+    CPU_KV_CACHE_BYTES,
+    cancellation_check_period_s,
+    engine_config_from_parameters,
+)
 
 
 def test_kv_cache_is_sized_from_the_gpu_by_default_and_fixed_on_cpu():
@@ -20,3 +26,10 @@ def test_explicit_settings_pass_through():
     config = engine_config_from_parameters(params)
     assert (config.device, config.dtype, config.kv_cache_memory_bytes) == ("cuda", "float16", 3 << 30)
     assert (config.max_num_seqs, config.max_num_batched_tokens, config.enable_prefix_caching) == (8, 1024, False)
+
+
+def test_cancellation_check_period_mirrors_tensorrt_llm():
+    assert cancellation_check_period_s(PortableSettings().parameters()) == 0.1
+    assert cancellation_check_period_s(PortableSettings(cancellation_check_period_ms=20).parameters()) == 0.02
+    with pytest.raises(ValueError, match="cancellation_check_period_ms"):
+        cancellation_check_period_s({"cancellation_check_period_ms": "0"})

@@ -1,0 +1,143 @@
+"""Requests in flight and their waiting responses, sent by one thread outside the engine's step loop.
+
+Each `send` of Triton's Python backend is a blocking round trip to the server process (the stub writes
+the response to shared memory and waits for the server to take it). The engine thread therefore only
+appends a step's new tokens to each request's buffer and marks the request ready; the sender thread
+takes every ready request's buffer whole. Under light load that is one token per response; when
+sending falls behind, the tokens that piled up for a request leave together in one response, so the
+cost of sending follows what the sender can do, not the number of tokens the engine makes.
+
+Every request ends with exactly one final response, including requests aborted because their client
+went away: Triton frees a request (its response factory, ~70 KB) only on that final flag, and cannot
+unload the model while any is left.
+
+Nothing here imports Triton: the model passes the function that turns a batch of tokens into a
+response and sends it.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Flight:
+    """One request the engine holds, as the response path sees it."""
+
+    sender: object  # Triton's InferenceResponseSender
+    client_id: str
+    streaming: bool
+    return_log_probs: bool
+    pending_ids: list[int] = field(default_factory=list)
+    pending_log_probs: list[float] = field(default_factory=list)
+    final: bool = False
+    error: str | None = None
+    cancelled: bool = False  # Triton said the client went away; the engine was asked to abort
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """What the sender thread sends for one request: its waiting tokens, maybe flagged final."""
+
+    flight: Flight
+    ids: list[int]
+    log_probs: list[float] | None
+    final: bool
+    error: str | None
+
+
+SendFn = Callable[[Outgoing], None]
+
+
+class Outbox:
+    def __init__(self, send: SendFn, log_error: Callable[[str], None]):
+        self._send, self._log_error = send, log_error
+        self._cond = threading.Condition()
+        self._flights: dict[str, Flight] = {}
+        self._ready: dict[str, Flight] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="portable-responses", daemon=True)
+        self._thread.start()
+
+    # ---- the request side (Triton's execute thread, the cancellation monitor)
+
+    def add(self, request_id: str, flight: Flight) -> None:
+        with self._cond:
+            self._flights[request_id] = flight
+
+    def discard(self, request_id: str) -> None:
+        """Forget a request the engine refused; the caller answers it."""
+        with self._cond:
+            self._flights.pop(request_id, None)
+
+    def flights(self) -> list[tuple[str, Flight]]:
+        with self._cond:
+            return list(self._flights.items())
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    # ---- the engine side (the step loop: no I/O, one lock per step)
+
+    def put(self, outputs: Iterable) -> None:
+        """Buffer one step's outputs (engine StepOutput objects) and wake the sender."""
+        with self._cond:
+            woke = False
+            for output in outputs:
+                flight = self._flights.get(output.request_id)
+                if flight is None:
+                    continue
+                flight.pending_ids.extend(output.new_token_ids)
+                if flight.return_log_probs and output.new_logprobs:
+                    flight.pending_log_probs.extend(output.new_logprobs)
+                if output.finished:
+                    flight.final = True
+                    del self._flights[output.request_id]
+                if flight.final or (flight.streaming and flight.pending_ids):
+                    self._ready[output.request_id] = flight
+                    woke = True
+            if woke:
+                self._cond.notify()
+
+    def fail_all(self, message: str) -> list[str]:
+        """End every request with an error response; returns their ids (for the engine to abort)."""
+        with self._cond:
+            failed, self._flights = self._flights, {}
+            for request_id, flight in failed.items():
+                flight.final, flight.error = True, message
+                self._ready[request_id] = flight
+            self._cond.notify()
+        return list(failed)
+
+    # ---- the sender thread
+
+    def _take(self) -> list[Outgoing] | None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._ready or self._closed)
+            if not self._ready:
+                return None
+            ready, self._ready = self._ready, {}
+            batch = []
+            for flight in ready.values():
+                batch.append(Outgoing(flight, flight.pending_ids,
+                                      flight.pending_log_probs if flight.return_log_probs else None,
+                                      flight.final, flight.error))
+                flight.pending_ids, flight.pending_log_probs = [], []
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            for outgoing in batch:
+                try:
+                    self._send(outgoing)
+                except Exception as exc:  # a closed or broken sender must not stop the others' responses
+                    self._log_error(f"sending a response failed: {exc!r}")
+
+    def close(self, timeout: float) -> bool:
+        """Send what is ready, then stop the thread; False if it did not end within `timeout`."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()

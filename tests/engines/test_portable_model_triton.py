@@ -1,0 +1,119 @@
+"""The portable model inside the real tritonserver: every request ends with a final response (cancelled,
+stopped or finished), so Triton frees it, and the model unloads and its stub exits when Triton stops."""
+from __future__ import annotations
+
+import queue
+import signal
+import time
+
+import httpx
+import pytest
+import tritonclient.grpc as grpcclient
+
+from engines import contract
+from engines.triton.launcher import start_triton
+from engines.triton.processes import alive, cmdline, descendants
+
+pytestmark = pytest.mark.e2e
+PROMPT = [1, 150, 43, 292, 92, 20, 26, 366]
+
+
+def inputs(request: contract.GenerationRequest) -> list[grpcclient.InferInput]:
+    result = []
+    for name, array in contract.encode_request(request).items():
+        infer_input = grpcclient.InferInput(name, list(array.shape), contract.INPUT_SPECS[name].dtype)
+        infer_input.set_data_from_numpy(array)
+        result.append(infer_input)
+    return result
+
+
+def is_final(result) -> bool:
+    parameters = result.get_response().parameters
+    return "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
+
+
+class Stream:
+    """One gRPC stream with one generation on it, its responses collected in a queue."""
+
+    def __init__(self, url: str, request: contract.GenerationRequest, request_id: str = ""):
+        self.client = grpcclient.InferenceServerClient(url)
+        self.responses: queue.Queue = queue.Queue()
+        self.client.start_stream(callback=lambda result, error: self.responses.put((result, error)))
+        self.client.async_stream_infer(contract.MODEL_NAME, inputs(request), request_id=request_id,
+                                       enable_empty_final_response=True)
+
+    def next(self, timeout: float = 120):
+        result, error = self.responses.get(timeout=timeout)
+        assert error is None, error
+        if result.as_numpy("output_ids") is None:  # a final flag alone
+            return contract.GenerationChunk(output_ids=[], final=is_final(result))
+        return contract.decode_chunk({"output_ids": result.as_numpy("output_ids"),
+                                      "sequence_length": result.as_numpy("sequence_length")}, is_final(result))
+
+    def until_final(self, timeout: float = 120) -> list[contract.GenerationChunk]:
+        chunks = [self.next(timeout)]
+        while not chunks[-1].final:
+            chunks.append(self.next(timeout))
+        return chunks
+
+
+def long_request(**fields) -> contract.GenerationRequest:
+    """Greedy, never ending on an end id: only its length, a stop or a cancellation ends it."""
+    defaults = {"input_ids": PROMPT, "request_output_len": 400, "end_id": -1, "temperature": 0.0}
+    return contract.GenerationRequest(**{**defaults, **fields})
+
+
+def gauge(server, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def wait_for(condition, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def server(demo_artifact, tmp_path):
+    server = start_triton(demo_artifact / "model_repository", tmp_path / "triton")
+    server.wait_ready(timeout=240)
+    yield server
+    server.stop()
+
+
+def test_streamed_tokens_equal_one_final_response(server):
+    whole = Stream(server.grpc_url, long_request(request_output_len=40, streaming=False)).until_final()
+    streamed = Stream(server.grpc_url, long_request(request_output_len=40)).until_final()
+    assert len(whole) == 1 and len(whole[0].output_ids) == 40
+    assert [t for chunk in streamed for t in chunk.output_ids] == whole[0].output_ids
+
+
+def test_stop_tensor_ends_the_request_with_a_final_response(server):
+    stream = Stream(server.grpc_url, long_request(request_output_len=480), request_id="to-stop")
+    first = stream.next()
+    assert not first.final
+    stopper = Stream(server.grpc_url, long_request(stop=True), request_id="to-stop")
+    assert stopper.until_final()[-1].final
+    chunks = stream.until_final()
+    assert sum(len(c.output_ids) for c in [first, *chunks]) < 480
+    wait_for(lambda: gauge(server, "ingot_engine_running_requests") == 0, 30, "the stopped request is still held")
+
+
+def test_cancelled_requests_are_freed_and_the_stub_exits_with_triton(server):
+    streams = [Stream(server.grpc_url, long_request(request_output_len=480)) for _ in range(6)]
+    for stream in streams:
+        stream.next()  # generating
+    stubs = [pid for pid in descendants(server.process.pid) if "triton_python_backend_stub" in cmdline(pid)]
+    assert stubs, "the model runs in a Python-backend stub"
+    for stream in streams:
+        stream.client.stop_stream(cancel_requests=True)
+    wait_for(lambda: gauge(server, "ingot_engine_running_requests") == 0, 30,
+             "cancelled requests kept generating")
+    assert gauge(server, "ingot_engine_free_kv_blocks") == gauge(server, "ingot_engine_total_kv_blocks")
+    # Triton unloads the model only once every request got its final response: the stub then exits by itself.
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(timeout=90)
+    wait_for(lambda: not any(alive(pid) for pid in stubs), 30, "the Python-backend stub outlived tritonserver")
+    assert "failed to unload" not in server.log_tail(400).lower()

@@ -1,0 +1,80 @@
+"""The response path's buffering, with real threads: what piles up while a send is under way leaves as one
+response, nothing is lost or reordered, and every request ends with one final response."""
+from __future__ import annotations
+
+import threading
+
+from engines.portable.engine import StepOutput
+from engines.triton.responses import Flight, Outbox, Outgoing
+
+
+class SlowSender:
+    """Records what is sent; the first send waits until released, as a send to a busy Triton would."""
+
+    def __init__(self):
+        self.sent: list[Outgoing] = []
+        self.release = threading.Event()
+        self.first_started = threading.Event()
+        self.done = threading.Event()
+
+    def __call__(self, outgoing: Outgoing) -> None:
+        if not self.first_started.is_set():
+            self.first_started.set()
+            assert self.release.wait(30)
+        self.sent.append(outgoing)
+        if outgoing.final:
+            self.done.set()
+
+
+def step(request_id: str, token: int, finished: bool = False) -> list[StepOutput]:
+    return [StepOutput(request_id, [token], [-0.5], finished, "length" if finished else None)]
+
+
+def test_tokens_waiting_while_sending_leave_together():
+    sender = SlowSender()
+    outbox = Outbox(sender, log_error=print)
+    outbox.add("a", Flight(sender=None, client_id="", streaming=True, return_log_probs=True))
+    outbox.put(step("a", 1))
+    assert sender.first_started.wait(30)
+    for token in range(2, 6):
+        outbox.put(step("a", token))
+    outbox.put(step("a", 6, finished=True))
+    sender.release.set()
+    assert sender.done.wait(30)
+    assert outbox.close(timeout=30)
+    assert [o.ids for o in sender.sent] == [[1], [2, 3, 4, 5, 6]]
+    assert sender.sent[1].log_probs == [-0.5] * 5 and sender.sent[1].final
+    assert len(outbox) == 0
+
+
+def test_non_streaming_sends_once_and_failures_end_every_request():
+    sender = SlowSender()
+    sender.release.set()
+    outbox = Outbox(sender, log_error=print)
+    outbox.add("whole", Flight(sender=None, client_id="", streaming=False, return_log_probs=False))
+    outbox.add("other", Flight(sender=None, client_id="", streaming=True, return_log_probs=False))
+    for token in range(3):
+        outbox.put(step("whole", token))
+    outbox.put(step("whole", 3, finished=True))
+    assert sorted(outbox.fail_all("engine step failed")) == ["other"]
+    assert outbox.close(timeout=30)
+    by_flight = {o.flight.streaming: o for o in sender.sent}
+    assert len(sender.sent) == 2
+    assert by_flight[False].ids == [0, 1, 2, 3] and by_flight[False].log_probs is None and by_flight[False].final
+    assert by_flight[True].error == "engine step failed" and by_flight[True].final
+
+
+def test_a_failing_send_does_not_stop_the_others():
+    sent, errors = [], []
+
+    def send(outgoing: Outgoing) -> None:
+        if outgoing.flight.client_id == "broken":
+            raise RuntimeError("Response sender has been closed")
+        sent.append(outgoing)
+
+    outbox = Outbox(send, log_error=errors.append)
+    outbox.add("x", Flight(sender=None, client_id="broken", streaming=True, return_log_probs=False))
+    outbox.add("y", Flight(sender=None, client_id="fine", streaming=True, return_log_probs=False))
+    outbox.put(step("x", 1, finished=True) + step("y", 2, finished=True))
+    assert outbox.close(timeout=30)
+    assert [o.ids for o in sent] == [[2]] and len(errors) == 1
