@@ -5,12 +5,13 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from engines.manifest import read_manifest
-from server.auth import KeyStore, require_api_key
-from server.errors import APIError, error_response, install_error_handlers
+from server.auth import KeyStore
+from server.errors import install_error_handlers
 from server.metrics import Metrics
+from server.middleware import Check, GatewayMiddleware, api_key_check
 from server.routes import chat, completions, health, models
 from server.settings import Settings
 from server.surrogates import CHECK as REJECT_LONE_SURROGATES
@@ -51,18 +52,9 @@ def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> 
     app.state.model, app.state.tokenizer, app.state.engine = model, tokenizer, engine
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def authenticate_and_count(request: Request, call_next):
-        route = request.url.path if request.url.path.startswith("/v1/") else "other"
-        try:
-            if request.url.path.startswith("/v1"):
-                require_api_key(request)  # before the body is parsed: a bad key is a 401, not a 400
-            response = await call_next(request)
-        except APIError as error:
-            response = error_response(error)
-        app.state.metrics.requests.labels(route if response.status_code != 404 else "unknown",
-                                          str(response.status_code)).inc()
-        return response
+    # Admission checks, in order, before any route reads the body (see server/middleware.py).
+    checks: list[Check] = [api_key_check(keys)]
+    app.add_middleware(GatewayMiddleware, checks=checks, metrics=app.state.metrics)
 
     for router in (health.router, models.router, chat.router, completions.router):
         app.include_router(router)

@@ -56,10 +56,13 @@ class KeyStore:
 
 
 def require_api_key(request: Request) -> None:
-    store: KeyStore = request.app.state.keys
+    check_authorization(request.app.state.keys, request.headers.get("authorization", ""))
+
+
+def check_authorization(store: KeyStore, header: str) -> None:
+    """Raises a 401 APIError unless `header` (the Authorization header's value) carries an accepted key."""
     if not store.enabled:
         return
-    header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>'.", "authentication_error",

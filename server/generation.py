@@ -5,6 +5,7 @@ Chat and text completions share this; they differ only in how they build the pro
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from engines import contract
@@ -41,18 +42,20 @@ async def generate(engine: TritonEngineClient, tokenizer: Tokenizer, plan: Gener
     detokenizer = IncrementalDetokenizer(tokenizer, plan.skip_special_tokens)
     stops = StopMatcher(plan.stop_strings)
     generated = 0
-    async for chunk in engine.generate(plan.request, request_id):
-        generated += len(chunk.output_ids)
-        text = detokenizer.add(chunk.output_ids)
-        if chunk.final:
-            text += detokenizer.flush()
-        emitted = stops.feed(text)
-        if stops.stopped:
-            yield Delta(emitted, chunk.output_ids, chunk.log_probs, "stop")
-            return  # leaving the stream cancels the rest of the generation in the engine
-        if chunk.final:
-            reason = "length" if generated >= plan.max_tokens else "stop"
-            yield Delta(emitted + stops.flush(), chunk.output_ids, chunk.log_probs, reason)
-            return
-        if emitted or chunk.output_ids:
-            yield Delta(emitted, chunk.output_ids, chunk.log_probs)
+    # aclosing: leaving this generator early closes the engine stream at once, which cancels the request.
+    async with aclosing(engine.generate(plan.request, request_id)) as chunks:
+        async for chunk in chunks:
+            generated += len(chunk.output_ids)
+            text = detokenizer.add(chunk.output_ids)
+            if chunk.final:
+                text += detokenizer.flush()
+            emitted = stops.feed(text)
+            if stops.stopped:
+                yield Delta(emitted, chunk.output_ids, chunk.log_probs, "stop")
+                return  # leaving the stream cancels the rest of the generation in the engine
+            if chunk.final:
+                reason = "length" if generated >= plan.max_tokens else "stop"
+                yield Delta(emitted + stops.flush(), chunk.output_ids, chunk.log_probs, reason)
+                return
+            if emitted or chunk.output_ids:
+                yield Delta(emitted, chunk.output_ids, chunk.log_probs)

@@ -45,9 +45,12 @@ class GenerationRun:
             self._first = await self._deltas.__anext__()
         except StopAsyncIteration:
             self._first = Delta("", finish_reason="stop")
-        except (EngineUnavailable, EngineRejected, EngineFailed) as exc:
+        except BaseException as exc:  # an engine error, or cancelled because the client left
             self.metrics.in_flight.dec()
-            raise as_api_error(exc) from exc
+            await self._deltas.aclose()
+            if isinstance(exc, (EngineUnavailable, EngineRejected, EngineFailed)):
+                raise as_api_error(exc) from exc
+            raise
         self.metrics.time_to_first_token.observe(time.perf_counter() - self.started)
         self.metrics.prompt_tokens.inc(self.prompt_tokens)
 
@@ -73,18 +76,24 @@ class GenerationRun:
             self.metrics.request_latency.observe(time.perf_counter() - self.started)
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T], poll_s: float = 0.25) -> T:
-    """Await `work`, cancelling it (and so the engine request) if the client goes away first."""
+async def client_gone(request: Request) -> None:
+    """Returns once the client has closed its connection (the body must have been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it (and so the engine request) as soon as the client goes away."""
     task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(client_gone(request))
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=poll_s)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                task.cancel()
-                request.app.state.metrics.cancelled.inc()
-                raise APIError(499, "client closed the request", "client_closed_request")
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        request.app.state.metrics.cancelled.inc()
+        raise APIError(499, "client closed the request", "client_closed_request")
     finally:
-        if not task.done():
-            task.cancel()
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()

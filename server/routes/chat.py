@@ -42,7 +42,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     plan = plan_generation(body, prompt_ids, state.tokenizer, max_tokens, return_log_probs=body.logprobs)
     run = GenerationRun(request, plan, len(prompt_ids))
     if body.stream:
-        await run.start()
+        await unless_disconnected(request, run.start())
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_stream(run, state, include_usage), media_type="text/event-stream")
     return await unless_disconnected(request, _complete(run, state))

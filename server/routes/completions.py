@@ -67,7 +67,7 @@ async def completions(body: CompletionRequest, request: Request):
         plan = plan_generation(body, ids, state.tokenizer, max_tokens, return_log_probs=body.logprobs is not None)
         runs.append(GenerationRun(request, plan, len(ids)))
     if body.stream:
-        await runs[0].start()
+        await unless_disconnected(request, runs[0].start())
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_stream(runs[0], body, state, include_usage), media_type="text/event-stream")
     return await unless_disconnected(request, _complete_all(runs, body, state))
