@@ -114,5 +114,5 @@ def test_streaming_client_that_leaves_after_the_first_tokens_cancels_generation(
             readers.append(response.iter_lines())
             first = [line for line in (next(readers[-1]) for _ in range(8)) if line.startswith("data: ")]
             assert first and all(json.loads(line[6:])["choices"] for line in first)
-        assert running(triton) == STREAMS
+        wait_until(lambda: running(triton) == STREAMS, 30, "the streams are not all in the engine")
     assert_engine_drained(triton)
