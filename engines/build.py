@@ -1,7 +1,8 @@
 """`ingot build`: checkpoint → validate → plan → target → model repository → manifest → S3.
 
-Each step shows on a rich progress display when stderr is a terminal and stays quiet otherwise;
-the plan prints as a table (and as JSON with --json or --dry-run).
+Each step shows on a rich progress display when stderr is a terminal and as plain lines otherwise
+(with S3 transfers in bytes and rate, see engines/progress.py); the plan prints as a table (and as JSON
+with --json or --dry-run).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import shlex
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from rich.table import Table
 from engines import artifacts
 from engines.checkpoint import CheckpointError, CheckpointReport, has_weights, validate_checkpoint
 from engines.plan import BuildPaths, Plan, PlanError, gb, make_plan
+from engines.progress import Reporter
 from engines.profiles import BuildProfile, ProfileError, get_profile
 from engines.repository import ArtifactPaths, PortableSettings, TrtllmSettings
 from engines.targets.portable import build_portable
@@ -55,21 +58,40 @@ class BuildOptions:
 
 
 class Steps:
-    """A rich progress display of the build's steps; silent when the console is not a terminal."""
+    """The build's steps: a rich progress display on a terminal, a line at each step's start and end otherwise."""
 
     def __init__(self, console: Console):
+        self.console, self.live = console, console.is_terminal
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                                 console=console, disable=not console.is_terminal, transient=False)
-        self.task = None
+                                 console=console, disable=not self.live, transient=False)
+        self.reporter = Reporter(console)
+        self.task, self.name, self.started = None, "", 0.0
 
     def __call__(self, name: str) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, completed=1, total=1)
-        self.task = self.progress.add_task(name, total=None)
+        self._finish("done")
+        self.task, self.name, self.started = self.progress.add_task(name, total=None), name, time.monotonic()
+        if not self.live:
+            self.console.print(f"{name} ...", markup=False)
 
-    def close(self) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, completed=1, total=1)
+    def _finish(self, outcome: str) -> None:
+        if self.task is None:
+            return
+        self.progress.update(self.task, completed=1, total=1)
+        if not self.live:
+            self.console.print(f"{self.name}: {outcome} in {time.monotonic() - self.started:.1f}s", markup=False)
+        self.task = None
+
+    @contextmanager
+    def paused(self):
+        """Stop the live display while another one (a transfer's bar) runs: rich shows one at a time."""
+        self.progress.stop()
+        try:
+            yield self.reporter
+        finally:
+            self.progress.start()
+
+    def close(self, outcome: str) -> None:
+        self._finish(outcome)
         self.progress.stop()
 
 
@@ -77,10 +99,12 @@ class Steps:
 def progress_steps(console: Console):
     steps = Steps(console)
     steps.progress.start()
+    outcome = "failed"
     try:
         yield steps
+        outcome = "done"
     finally:
-        steps.close()
+        steps.close(outcome)
 
 
 def resolve_profile(options: BuildOptions, report: CheckpointReport) -> BuildProfile:
@@ -131,7 +155,9 @@ def _local_checkpoint(options: BuildOptions, scratch: Path, steps) -> Path:
         return Path(options.checkpoint).resolve()
     steps("download checkpoint")
     local = scratch / "checkpoint"
-    artifacts.download_prefix(options.checkpoint, local, client=artifacts.s3_client(options.endpoint_url))
+    with steps.paused() as reporter:
+        artifacts.download_prefix(options.checkpoint, local, client=artifacts.s3_client(options.endpoint_url),
+                                  reporter=reporter)
     return local
 
 
@@ -203,6 +229,8 @@ def _build(options: BuildOptions, console: Console, stdout: Console, scratch: Pa
         build_trtllm(report, plan, artifact_dir, work_dir, settings, model_name, step=steps)
     if staging is not None:
         steps(f"upload to {options.out}")
-        artifacts.upload_artifact(staging, options.out, client=artifacts.s3_client(options.endpoint_url))
+        with steps.paused() as reporter:
+            artifacts.upload_artifact(staging, options.out, client=artifacts.s3_client(options.endpoint_url),
+                                      reporter=reporter)
     console.print(f"built {options.target} artifact: {options.out}", markup=False)
     return EXIT_OK

@@ -21,6 +21,7 @@ from engines import artifacts
 from engines.build import EXIT_FAILED, EXIT_INVALID, EXIT_OK, TARGETS, BuildOptions, run_build
 from engines.checkpoint import CheckpointError, validate_checkpoint
 from engines.profiles import PROFILES, QUANTIZATIONS
+from engines.progress import Reporter
 
 
 def _add_build_arguments(parser: argparse.ArgumentParser, dry_run_default: bool) -> None:
@@ -86,11 +87,11 @@ def _validate(args, console: Console, stdout: Console) -> int:
 
 def _transfer(args, console: Console) -> int:
     try:
-        client = artifacts.s3_client(args.endpoint_url)
+        client, reporter = artifacts.s3_client(args.endpoint_url), Reporter(console)
         if args.command == "push":
-            report = artifacts.upload_artifact(args.directory, args.url, client=client)
+            report = artifacts.upload_artifact(args.directory, args.url, client=client, reporter=reporter)
         else:
-            report = artifacts.download_artifact(args.url, args.directory, client=client)
+            report = artifacts.download_artifact(args.url, args.directory, client=client, reporter=reporter)
     except artifacts.ArtifactIntegrityError as exc:
         console.print(f"error: {exc}", markup=False)
         return EXIT_FAILED

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
 import time
 from pathlib import Path
 
 from engines.manifest import read_manifest
+from engines.progress import Reporter
 from engines.repository import PortableSettings
 from engines.targets.portable import build_portable
 from engines.triton.launcher import start_triton
@@ -16,7 +19,7 @@ DEMO_API_KEY = "ingot-demo-key"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def prepare_artifact(args, work_dir: Path) -> Path:
+def prepare_artifact(args, work_dir: Path, reporter: Reporter) -> Path:
     """The artifact to serve: given, or built here from a checkpoint or a demo model."""
     if args.artifact:
         read_manifest(Path(args.artifact))  # fail early with a clear message
@@ -28,20 +31,39 @@ def prepare_artifact(args, work_dir: Path) -> Path:
 
         kind = args.demo or "llama"
         name = f"demo-{kind}"
-        checkpoint = make_demo_checkpoint(kind, work_dir / "checkpoints" / name)
+        with reporter.step(f"making the demo checkpoint {name}"):
+            checkpoint = make_demo_checkpoint(kind, work_dir / "checkpoints" / name)
     artifact = work_dir / "artifacts" / name
-    build_portable(checkpoint, artifact, PortableSettings(), model_name=name)
+    with reporter.step(f"packing the artifact {name}"):
+        build_portable(checkpoint, artifact, PortableSettings(), model_name=name)
     return artifact
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Fail in a second, not after minutes of loading, when the gateway's port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ValueError(f"cannot listen on {host}:{port} ({exc.strerror}): another server (an earlier "
+                             f"`make serve`?) uses it; stop it or pick another port: make serve PORT={port + 1}"
+                             ) from exc
+
+
 def serve_stack(args) -> int:
+    from server.announce import announce_when_listening, announcement, client_url
     from server.cli import run_gateway
     from server.settings import Settings
 
     started = time.monotonic()
-    work_dir = Path(args.work_dir).resolve()
-    artifact = prepare_artifact(args, work_dir)
+    reporter = Reporter.for_stream(sys.stderr, emit=log.info)
     host = args.host or os.environ.get("INGOT_HOST", "127.0.0.1")
+    port = args.port or int(os.environ.get("INGOT_PORT", Settings.port))
+    check_port_free(host, port)
+    work_dir = Path(args.work_dir).resolve()
+    artifact = prepare_artifact(args, work_dir, reporter)
     overrides = {}
     if not (os.environ.get("INGOT_API_KEYS") or os.environ.get("INGOT_API_KEYS_FILE")):
         if host not in LOOPBACK:
@@ -49,15 +71,23 @@ def serve_stack(args) -> int:
         overrides["api_keys"] = (DEMO_API_KEY,)
         log.warning("no API keys configured: accepting the demo key %r on loopback only", DEMO_API_KEY)
     triton = start_triton(artifact / "model_repository", work_dir / "triton", grpc_port=args.triton_grpc_port)
+    announced = None
     try:
-        log.info("starting Triton (log: %s)", triton.log_path)
-        triton.wait_ready()
-        settings = Settings.from_env(artifact_dir=artifact, triton_url=triton.grpc_url, host=host, port=args.port,
+        log.info("Triton's log: %s", triton.log_path)
+        with reporter.stages("Triton") as stage:
+            triton.wait_ready(on_stage=stage)
+        settings = Settings.from_env(artifact_dir=artifact, triton_url=triton.grpc_url, host=host, port=port,
                                      served_model_name=args.served_model_name, max_model_len=args.max_model_len,
                                      **overrides)
-        log.info("Triton ready in %.1fs; gateway on http://%s:%d/v1", time.monotonic() - started,
-                 settings.host, settings.port)
+        model = settings.served_model_name or read_manifest(artifact).model_name
+        base_url = client_url(settings.host, settings.port)
+        demo_key = overrides.get("api_keys", (None,))[0]
+        log.info("starting the gateway")
+        announced = announce_when_listening(
+            base_url, lambda: announcement(base_url, demo_key, model, time.monotonic() - started), log.info)
         run_gateway(settings)
     finally:
+        if announced is not None:
+            announced.set()
         triton.stop()
     return 0

@@ -26,6 +26,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from engines.triton.startup_stage import read_stage
+
 
 class TritonStartError(RuntimeError):
     pass
@@ -149,13 +151,19 @@ class TritonServer:
         except OSError:
             return False
 
-    def wait_ready(self, timeout: float = 180.0) -> None:
+    def wait_ready(self, timeout: float = 180.0, on_stage=None) -> None:
+        """Poll readiness; `on_stage(name)`, if given, hears the startup stage from the log as it goes
+        (engines/triton/startup_stage.py), then "ready"."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise TritonStartError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
             if self.is_ready():
+                if on_stage:
+                    on_stage("ready")
                 return
+            if on_stage:
+                on_stage(read_stage(self.log_path))
             time.sleep(0.25)
         self.stop()
         raise TritonStartError(f"tritonserver not ready after {timeout:.0f}s:\n{self.log_tail()}")
