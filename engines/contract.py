@@ -25,6 +25,7 @@ class TensorSpec:
     optional: bool = False
     ragged: bool = False
     scalar: bool = False  # dims [1] reshaped to [] in the real backend's config
+    trtllm_since: str | None = None  # first tensorrtllm_backend release whose config.pbtxt has it
 
     @property
     def numpy_dtype(self) -> np.dtype:
@@ -36,8 +37,14 @@ class TensorSpec:
         dtype = self.numpy_dtype
         return int(np.iinfo(dtype).max) if dtype.kind in "iu" else float(np.finfo(dtype).max)
 
+    @property
+    def wire_dtype(self) -> str:
+        """The datatype a client names: config.pbtxt's TYPE_STRING travels as BYTES."""
+        return "BYTES" if self.dtype == "STRING" else self.dtype
 
-NUMPY_DTYPES = {"INT32": np.int32, "UINT64": np.uint64, "FP32": np.float32, "FP16": np.float16, "BOOL": np.bool_}
+
+NUMPY_DTYPES = {"INT32": np.int32, "UINT64": np.uint64, "FP32": np.float32, "FP16": np.float16, "BOOL": np.bool_,
+                "STRING": np.object_}
 
 
 def _scalar(name: str, dtype: str) -> TensorSpec:
@@ -81,6 +88,10 @@ INPUTS: tuple[TensorSpec, ...] = (
     _scalar("lora_task_id", "UINT64"),
     TensorSpec("lora_weights", "FP16", (-1, -1), optional=True, ragged=True),
     TensorSpec("lora_config", "INT32", (-1, 3), optional=True, ragged=True),
+    # Guided decoding: TensorRT-LLM's GuidedDecodingParams (guide types json, json_schema, regex, ebnf_grammar;
+    # the portable engine adds structural_tag). In tensorrtllm_backend's config.pbtxt from v0.19.0 on.
+    TensorSpec("guided_decoding_guide_type", "STRING", (1,), optional=True, ragged=True, trtllm_since="0.19.0"),
+    TensorSpec("guided_decoding_guide", "STRING", (1,), optional=True, ragged=True, trtllm_since="0.19.0"),
 )
 
 OUTPUTS: tuple[TensorSpec, ...] = (
@@ -117,6 +128,8 @@ class GenerationRequest:
     return_log_probs: bool = False
     beam_width: int = 1
     stop: bool = False
+    guide_type: str | None = None  # guided decoding: json, json_schema, regex, ebnf_grammar, structural_tag
+    guide: str | None = None
 
 
 @dataclass
@@ -179,6 +192,9 @@ def encode_request(request: GenerationRequest) -> dict[str, np.ndarray]:
         tensors["stop_words_list"] = encode_stop_words(request.stop_words)[None]
     if request.stop:
         tensors["stop"] = np.array([[True]])
+    if request.guide_type:
+        tensors["guided_decoding_guide_type"] = np.array([[request.guide_type.encode()]], dtype=np.object_)
+        tensors["guided_decoding_guide"] = np.array([[(request.guide or "").encode()]], dtype=np.object_)
     return tensors
 
 
@@ -186,7 +202,8 @@ def _first(tensors: dict[str, np.ndarray], name: str, default):
     array = tensors.get(name)
     if array is None or np.asarray(array).size == 0:
         return default
-    return np.asarray(array).reshape(-1)[0].item()
+    value = np.asarray(array).reshape(-1)[0]
+    return value.item() if isinstance(value, np.generic) else value  # BYTES tensors hold bytes objects
 
 
 def decode_request(tensors: dict[str, np.ndarray]) -> GenerationRequest:
@@ -218,7 +235,15 @@ def decode_request(tensors: dict[str, np.ndarray]) -> GenerationRequest:
         return_log_probs=bool(_first(tensors, "return_log_probs", False)),
         beam_width=int(_first(tensors, "beam_width", 1)),
         stop=bool(_first(tensors, "stop", False)),
+        guide_type=_text(_first(tensors, "guided_decoding_guide_type", None)),
+        guide=_text(_first(tensors, "guided_decoding_guide", None)),
     )
+
+
+def _text(value) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    return value or None
 
 
 def _optional_int(value) -> int | None:

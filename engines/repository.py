@@ -72,15 +72,29 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
+
+
+def supports_guided_decoding(trtllm_version: str) -> bool:
+    """Whether tensorrtllm_backend of that release takes the guided-decoding inputs (from v0.19.0)."""
+    since = contract.INPUT_SPECS["guided_decoding_guide"].trtllm_since
+    return _version(trtllm_version) >= _version(since)
+
+
 def render_config_pbtxt(
     backend: str,
     parameters: dict[str, str],
     max_batch_size: int = 64,
     instance_kind: str = "KIND_CPU",
     max_queue_delay_microseconds: int = 0,
+    trtllm_version: str | None = None,
 ) -> str:
-    """config.pbtxt of the `tensorrt_llm` model: the contract's tensors plus engine parameters."""
-    inputs = ",\n".join(_tensor_block(spec, True) for spec in contract.INPUTS)
+    """config.pbtxt of the `tensorrt_llm` model: the contract's tensors plus engine parameters.
+    With `trtllm_version`, only the inputs that release of tensorrtllm_backend knows."""
+    specs = [spec for spec in contract.INPUTS if trtllm_version is None or spec.trtllm_since is None
+             or _version(trtllm_version) >= _version(spec.trtllm_since)]
+    inputs = ",\n".join(_tensor_block(spec, True) for spec in specs)
     outputs = ",\n".join(_tensor_block(spec, False) for spec in contract.OUTPUTS)
     params = "\n".join(
         f"parameters: {{\n  key: {_quote(key)}\n  value: {{ string_value: {_quote(str(value))} }}\n}}"
@@ -189,12 +203,19 @@ class TrtllmSettings:
     cancellation_check_period_ms: int = 100
     normalize_log_probs: bool = True
     max_queue_delay_microseconds: int = 0
+    trtllm_version: str = "0.12.0"  # engines.plan.TRTLLM_VERSION, the release the plan's commands are for
+    # Where the backend finds xgrammar's tokenizer info for guided decoding (releases from 0.19.0 on).
+    xgrammar_tokenizer_info_path: str = "/models/model_repository/tensorrt_llm/1/xgrammar_tokenizer_info.json"
 
     def parameters(self) -> dict[str, str]:
         def flag(value: bool) -> str:
             return "true" if value else "false"
 
-        return {
+        guided = {}
+        if supports_guided_decoding(self.trtllm_version):
+            guided = {"guided_decoding_backend": "xgrammar",
+                      "xgrammar_tokenizer_info_path": self.xgrammar_tokenizer_info_path}
+        return {**guided,
             "gpt_model_type": "inflight_fused_batching",
             "gpt_model_path": self.gpt_model_path,
             "batch_scheduler_policy": self.batch_scheduler_policy,
@@ -223,7 +244,7 @@ def write_trtllm_repository(engine_dir: Path, artifact_dir: Path, checkpoint_dir
         shutil.copytree(engine_dir, version_dir, dirs_exist_ok=True)
     config = render_config_pbtxt(
         "tensorrtllm", settings.parameters(), max_batch_size=settings.max_batch_size,
-        max_queue_delay_microseconds=settings.max_queue_delay_microseconds,
+        max_queue_delay_microseconds=settings.max_queue_delay_microseconds, trtllm_version=settings.trtllm_version,
     )
     parse_config_pbtxt(config)
     (paths.model_dir / "config.pbtxt").write_text(config)

@@ -46,7 +46,7 @@ def classify(error: Exception) -> Exception:
 def _infer_inputs(tensors: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
     inputs = []
     for name, array in tensors.items():
-        infer_input = grpcclient.InferInput(name, list(array.shape), contract.INPUT_SPECS[name].dtype)
+        infer_input = grpcclient.InferInput(name, list(array.shape), contract.INPUT_SPECS[name].wire_dtype)
         infer_input.set_data_from_numpy(array)
         inputs.append(infer_input)
     return inputs

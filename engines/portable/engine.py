@@ -21,6 +21,7 @@ import torch
 from engines.portable.block_manager import BlockManager
 from engines.portable.config import EngineConfig, ModelConfig
 from engines.portable.cuda_graphs import Launch
+from engines.portable.grammar import GrammarCache, fill_mask
 from engines.portable.loader import load_weights, torch_dtype
 from engines.portable.model import CausalLM
 from engines.portable.model_runner import ModelRunner, kv_cache_blocks
@@ -62,13 +63,19 @@ class LLMEngine:
         self._lock = threading.Lock()
         self._in_flight: _InFlight | None = None
         self.pipelined = engine_config.pipeline_decode and self.runner.graphs is not None
+        self.tokenizer_dir: Path | None = None  # where guided decoding finds the tokenizer
+        self._grammars: GrammarCache | None = None
+        self._grammar_lock = threading.Lock()
+        self._matchers: dict[str, object] = {}  # request id -> its grammar state, until the request is queued
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | Path, config: EngineConfig | None = None) -> "LLMEngine":
         config = config or EngineConfig()
         model_config = ModelConfig.from_dir(checkpoint_dir)
         weights = load_weights(Path(checkpoint_dir), model_config, config.device, torch_dtype(config.dtype))
-        return cls(model_config, config, weights)
+        engine = cls(model_config, config, weights)
+        engine.tokenizer_dir = Path(checkpoint_dir)
+        return engine
 
     @property
     def num_free_blocks(self) -> int:
@@ -82,11 +89,24 @@ class LLMEngine:
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         self._check(prompt_token_ids, params)
+        # Compiled here, on the caller's thread, so that the step loop never waits on a compile.
+        matcher = None if params.guide is None else self.grammars(params.end_id).matcher(params.guide)
         with self._lock:
             if request_id in self.sequences or any(rid == request_id and payload is not None
                                                    for rid, payload in self._inbox):
                 raise ValueError(f"request id {request_id!r} is already in use")
+            if matcher is not None:
+                self._matchers[request_id] = matcher
             self._inbox.append((request_id, ([int(t) for t in prompt_token_ids], params)))
+
+    def grammars(self, end_id: int | None = None) -> GrammarCache:
+        """The compiled-grammar cache, made on the first guided request (it loads the tokenizer)."""
+        with self._grammar_lock:
+            if self._grammars is None:
+                if self.tokenizer_dir is None:
+                    raise ValueError("guided decoding needs the model's tokenizer; this engine was built without one")
+                self._grammars = GrammarCache(self.tokenizer_dir, self.model_config.vocab_size, end_id)
+            return self._grammars
 
     def abort(self, request_id: str) -> None:
         with self._lock:
@@ -131,6 +151,8 @@ class LLMEngine:
                 continue
             prompt, params = payload
             seq = Sequence(request_id, prompt, len(prompt), params)
+            with self._lock:
+                seq.grammar = self._matchers.pop(request_id, None)
             if params.seed is not None and not params.greedy:
                 seed = int(params.seed) & 0xFFFF_FFFF_FFFF_FFFF  # the contract's seed is a uint64
                 seq.generator = torch.Generator(device=self.config.device).manual_seed(seed)
@@ -167,7 +189,9 @@ class LLMEngine:
         if not completing:
             return outputs
         seqs = [scheduled[row][0] for row in completing]
-        tokens, logprobs = sample(logits, seqs)
+        # Host work while the GPU runs the forward launched above: sampling is what waits for it.
+        grammar_mask = fill_mask([seq.grammar for seq in seqs], self.model_config.vocab_size)
+        tokens, logprobs = sample(logits, seqs, grammar_mask)
         for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True):
             outputs.append(self._append(seq, token, logprob))
         return outputs
@@ -217,7 +241,10 @@ class LLMEngine:
     def _append(self, seq: Sequence, token: int, logprob: float) -> StepOutput:
         params = seq.params
         new_ids, new_logprobs = [token], [logprob]
-        if token == params.effective_end_id:
+        if seq.grammar is not None and (seq.grammar.is_stop(token) or not seq.grammar.accept(token)):
+            # The grammar is complete (only stop tokens were allowed), or it cannot go on.
+            new_ids, new_logprobs, reason = [], [], "stop"
+        elif token == params.effective_end_id:
             new_ids, new_logprobs, reason = [], [], "stop"
         else:
             seq.token_ids.append(token)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from engines.portable.grammar import GrammarMask, apply_mask
 from engines.portable.sequence import Sequence
 
 
@@ -97,15 +98,17 @@ def _exponential_noise(seqs: list[Sequence], shape: tuple[int, int], device: tor
 
 def argmax_is_next(seq: Sequence, pending: int = 0) -> bool:
     """Whether the argmax of the raw logits is this sequence's next token, with `pending` tokens of it
-    not appended yet: greedy, no penalties, and min_length reached (so nothing is masked)."""
+    not appended yet: greedy, no penalties, no grammar, and min_length reached (so nothing is masked)."""
     p = seq.params
-    return (p.greedy and p.repetition_penalty == 1.0 and p.presence_penalty == 0 and p.frequency_penalty == 0
-            and seq.num_output_tokens + pending >= p.min_length)
+    return (seq.grammar is None and p.greedy and p.repetition_penalty == 1.0 and p.presence_penalty == 0
+            and p.frequency_penalty == 0 and seq.num_output_tokens + pending >= p.min_length)
 
 
 @torch.inference_mode()  # the masks write into the logits, which may be a CUDA graph's (inference) output
-def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[float]]:
-    """Next token of each sequence and its log-probability under the model's raw distribution."""
+def sample(logits: torch.Tensor, seqs: list[Sequence],
+           grammar_mask: GrammarMask | None = None) -> tuple[list[int], list[float]]:
+    """Next token of each sequence and its log-probability under the model's raw distribution.
+    `grammar_mask` holds the tokens each constrained row's grammar allows next."""
     if all(argmax_is_next(seq) for seq in seqs):
         # one read-back for both answers; token ids are exact in float64
         chosen = logits.argmax(dim=-1)
@@ -113,7 +116,7 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[
         both = torch.stack((chosen.double(), logprob.double())).cpu()
         return both[0].long().tolist(), both[1].tolist()
     logprobs = logits.log_softmax(dim=-1)
-    logits = apply_min_length(apply_penalties(logits, seqs), seqs)
+    logits = apply_mask(apply_min_length(apply_penalties(logits, seqs), seqs), grammar_mask)
     chosen = logits.argmax(dim=-1)
     sampled_rows = [row for row, seq in enumerate(seqs) if not seq.params.greedy]
     if sampled_rows:

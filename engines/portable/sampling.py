@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engines.portable.grammar import Guide
+
 
 @dataclass
 class SamplingParams:
@@ -19,6 +21,7 @@ class SamplingParams:
     stop_token_sequences: list[list[int]] = field(default_factory=list)
     ignore_end_id: bool = False
     return_logprobs: bool = False
+    guide: Guide | None = None  # constrained decoding (TensorRT-LLM's guided decoding)
 
     @property
     def greedy(self) -> bool:
@@ -60,4 +63,5 @@ class SamplingParams:
             end_id=request.end_id,
             stop_token_sequences=[list(word) for word in request.stop_words],
             return_logprobs=request.return_log_probs,
+            guide=Guide(request.guide_type, request.guide) if request.guide_type else None,
         )

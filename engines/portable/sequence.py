@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engines.portable.grammar import GrammarState
 from engines.portable.sampling import SamplingParams
 
 
@@ -28,6 +29,7 @@ class Sequence:
     logprobs: list[float] = field(default_factory=list)
     generator: torch.Generator | None = None
     finish_reason: str | None = None
+    grammar: GrammarState | None = None  # constrained decoding: where the request is in its grammar
 
     @property
     def num_tokens(self) -> int:

@@ -79,7 +79,9 @@ def test_trtllm_target_writes_repository_and_manifest(demo_checkpoints, tmp_path
     assert parameters["kv_cache_free_gpu_mem_fraction"] == "0.9"
     assert parameters["batch_scheduler_policy"] == "max_utilization"
     assert {"max_beam_width", "cancellation_check_period_ms"} <= set(parameters)
-    assert [t.name for t in config.input] == [spec.name for spec in contract.INPUTS]
+    # TensorRT-LLM 0.12's backend has no guided-decoding inputs (they came with 0.19.0)
+    assert [t.name for t in config.input] == [spec.name for spec in contract.INPUTS if spec.trtllm_since is None]
+    assert "guided_decoding_backend" not in parameters
     assert [t.name for t in config.output] == [spec.name for spec in contract.OUTPUTS]
     assert manifest.target == "trtllm" and manifest.plan["chosen"]["tp_size"] == 2
     assert manifest.tool_versions["tensorrt_llm_engine"] == "0.12.0"

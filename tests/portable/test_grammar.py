@@ -1,0 +1,109 @@
+"""Grammar-constrained decoding in the portable engine: on random weights the grammar does all the work."""
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import pytest
+from transformers import AutoTokenizer
+
+from engines.portable.grammar import Guide
+from engines.portable.sampler import argmax_is_next
+from engines.portable.sampling import SamplingParams
+from engines.portable.sequence import Sequence
+from tests.portable.conftest import prompt_of
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Z][a-z]{1,8}$"},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "role": {"enum": ["admin", "user", "guest"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 6}, "maxItems": 3},
+        "address": {"type": "object", "properties": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+                                                     "score": {"type": "number", "minimum": -1, "maximum": 1}},
+                    "required": ["zip", "score"], "additionalProperties": False},
+    },
+    "required": ["name", "age", "role", "tags", "address"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture()
+def tokenizer(demo_checkpoints):
+    return AutoTokenizer.from_pretrained(str(demo_checkpoints["llama"]))
+
+
+def _params(guide: Guide | None, eos: int, **overrides) -> SamplingParams:
+    return SamplingParams(**{"max_new_tokens": 200, "temperature": 1.0, "end_id": eos, "guide": guide, **overrides})
+
+
+def test_sampled_json_schema_requests_validate_and_share_a_batch_with_free_ones(make_engine, tokenizer):
+    engine = make_engine("llama")
+    eos = tokenizer.eos_token_id
+    guide = Guide("json_schema", json.dumps(PERSON))
+    prompts = [prompt_of(12, seed=index) for index in range(6)]
+    params = [_params(guide if index % 2 == 0 else None, eos, seed=index, max_new_tokens=160) for index in range(6)]
+    outputs = engine.generate(prompts, params)
+    for index, tokens in enumerate(outputs):
+        if index % 2:
+            continue
+        document = json.loads(tokenizer.decode(tokens))
+        jsonschema.validate(document, PERSON)
+    stats = engine.grammars().stats
+    assert stats.compiled == 1 and stats.cache_hits == 2
+
+
+def test_greedy_requests_under_regex_and_ebnf(make_engine, tokenizer):
+    engine = make_engine("llama")
+    eos = tokenizer.eos_token_id
+    guides = [Guide("regex", r"(yes|no)-[0-9]{3}"), Guide("ebnf_grammar", 'root ::= "A" ("b" | "c")+ "!"')]
+    outputs = engine.generate([prompt_of(8, seed=1), prompt_of(8, seed=2)],
+                              [_params(guide, eos, temperature=0.0, max_new_tokens=40) for guide in guides])
+    assert re.fullmatch(r"(yes|no)-[0-9]{3}", tokenizer.decode(outputs[0]))
+    assert re.fullmatch(r"A[bc]+!", tokenizer.decode(outputs[1]))
+
+
+def test_json_mode_output_stays_inside_the_json_grammar(make_engine, tokenizer):
+    engine = make_engine("llama")
+    guide = Guide("json")
+    [tokens] = engine.generate([prompt_of(8, seed=3)], [_params(guide, tokenizer.eos_token_id, seed=3,
+                                                                 max_new_tokens=24)])
+    assert tokenizer.decode(tokens)[:1] in "{["
+    replay = engine.grammars().matcher(guide)
+    assert all(replay.accept(token) for token in tokens)
+
+
+def test_structural_tag_constrains_what_follows_a_trigger(make_engine, tokenizer):
+    engine = make_engine("llama")
+    tag = {"structures": [{"begin": "<f>", "schema": {"type": "object", "properties": {"x": {"enum": [1, 2]}},
+                                                        "required": ["x"], "additionalProperties": False},
+                           "end": "</f>"}], "triggers": ["<f>"]}
+    state = engine.grammars(tokenizer.eos_token_id).matcher(Guide("structural_tag", json.dumps(tag)))
+    for token in tokenizer.encode("some text <f>", add_special_tokens=False):
+        assert state.accept(token)
+    assert not state.matcher.accept_string('{"x": 3}')  # inside the tag only the schema is allowed
+    for token in tokenizer.encode('{"x": 2}</f>', add_special_tokens=False):
+        assert state.accept(token)
+    assert state.matcher.accept_string('{"x": 3}')  # free text again
+
+
+def test_invalid_guides_are_refused_when_added(make_engine, tokenizer):
+    engine = make_engine("llama")
+    eos = tokenizer.eos_token_id
+    with pytest.raises(ValueError, match="invalid json_schema guide: Unsupported type"):
+        engine.add_request("a", [1, 2], _params(Guide("json_schema", '{"type": "frob"}'), eos))
+    with pytest.raises(ValueError, match="invalid regex guide"):
+        engine.add_request("b", [1, 2], _params(Guide("regex", "(?<=a)b"), eos))
+    with pytest.raises(ValueError, match="unknown guided decoding guide type"):
+        engine.add_request("c", [1, 2], _params(Guide("xml", "x"), eos))
+    assert not engine.has_unfinished()
+
+
+def test_grammar_requests_leave_the_greedy_fast_path():
+    params = SamplingParams(max_new_tokens=4, temperature=0.0)
+    seq = Sequence("x", [1, 2], 2, params)
+    assert argmax_is_next(seq)
+    seq.grammar = object()
+    assert not argmax_is_next(seq)
