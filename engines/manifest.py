@@ -28,6 +28,7 @@ class Manifest:
     profile: dict = field(default_factory=dict)
     plan: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)
+    embedding: dict = field(default_factory=dict)  # engines.embedding.EmbeddingSpec; empty without one
     tool_versions: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     created_at: str = ""

@@ -11,8 +11,9 @@ from engines.manifest import read_manifest
 from server.auth import KeyStore
 from server.errors import install_error_handlers
 from server.metrics import Metrics
+from server.embeddings import load_embeddings
 from server.middleware import Check, GatewayMiddleware, api_key_check
-from server.routes import chat, completions, health, models
+from server.routes import chat, completions, embeddings, health, models
 from server.settings import Settings
 from server.surrogates import CHECK as REJECT_LONE_SURROGATES
 from server.tokenizer import Tokenizer
@@ -46,16 +47,19 @@ def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> 
     async def lifespan(_: FastAPI):
         yield
         await engine.close()
+        if app.state.embeddings is not None:
+            await app.state.embeddings.close()
 
     app = FastAPI(title="Ingot", version="0.1.0", lifespan=lifespan, dependencies=[REJECT_LONE_SURROGATES])
     app.state.settings, app.state.keys, app.state.metrics = settings, keys, Metrics()
     app.state.model, app.state.tokenizer, app.state.engine = model, tokenizer, engine
+    app.state.embeddings = load_embeddings(settings.artifact_dir, settings.triton_url)
     install_error_handlers(app)
 
     # Admission checks, in order, before any route reads the body (see server/middleware.py).
     checks: list[Check] = [api_key_check(keys)]
     app.add_middleware(GatewayMiddleware, checks=checks, metrics=app.state.metrics)
 
-    for router in (health.router, models.router, chat.router, completions.router):
+    for router in (health.router, models.router, chat.router, completions.router, embeddings.router):
         app.include_router(router)
     return app

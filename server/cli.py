@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--artifact", default=None, help="an artifact built with `ingot build --target portable`")
     serve.add_argument("--work-dir", default=".cache/serve", help="where artifacts and logs go")
     serve.add_argument("--triton-grpc-port", type=int, default=0, help="0: a free port")
+    serve.add_argument("--embedding-model", default=None,
+                       help="also serve /v1/embeddings: a sentence-transformers folder or all-MiniLM-L6-v2")
     _gateway_args(serve)
     serve.set_defaults(func=cmd_serve)
 

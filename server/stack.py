@@ -21,8 +21,12 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def prepare_artifact(args, work_dir: Path, reporter: Reporter) -> Path:
     """The artifact to serve: given, or built here from a checkpoint or a demo model."""
+    embedding_model = getattr(args, "embedding_model", None)
     if args.artifact:
-        read_manifest(Path(args.artifact))  # fail early with a clear message
+        manifest = read_manifest(Path(args.artifact))  # fail early with a clear message
+        if embedding_model and not manifest.embedding:
+            raise ValueError("--embedding-model goes into an artifact when it is built: "
+                             "`ingot build ... --embedding-model NAME`")
         return Path(args.artifact)
     if args.checkpoint:
         checkpoint, name = Path(args.checkpoint), Path(args.checkpoint).name
@@ -36,6 +40,11 @@ def prepare_artifact(args, work_dir: Path, reporter: Reporter) -> Path:
     artifact = work_dir / "artifacts" / name
     with reporter.step(f"packing the artifact {name}"):
         build_portable(checkpoint, artifact, PortableSettings(), model_name=name)
+    if embedding_model:
+        from engines.embedding_artifact import add_embedding_model
+
+        with reporter.step(f"adding the embedding model {embedding_model}"):
+            add_embedding_model(artifact, embedding_model)
     return artifact
 
 

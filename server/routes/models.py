@@ -9,20 +9,24 @@ from server.protocol import ModelCard, ModelList
 router = APIRouter()
 
 
-def _card(request: Request) -> ModelCard:
-    model = request.app.state.model
-    return ModelCard(id=model.name, created=model.created, max_model_len=model.max_model_len)
+def _cards(request: Request) -> list[ModelCard]:
+    model, embeddings = request.app.state.model, request.app.state.embeddings
+    cards = [ModelCard(id=model.name, created=model.created, max_model_len=model.max_model_len)]
+    if embeddings is not None:
+        spec = embeddings.spec
+        cards.append(ModelCard(id=spec.model_name, created=model.created, max_model_len=spec.max_input_tokens))
+    return cards
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
-    return ModelList(data=[_card(request)])
+    return ModelList(data=_cards(request))
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> ModelCard:
-    card = _card(request)
-    if model_id != card.id:
-        raise APIError(404, f"The model '{model_id}' does not exist.", "invalid_request_error", "model",
-                       "model_not_found")
-    return card
+    for card in _cards(request):
+        if model_id == card.id:
+            return card
+    raise APIError(404, f"The model '{model_id}' does not exist.", "invalid_request_error", "model",
+                   "model_not_found")

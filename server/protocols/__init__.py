@@ -1,0 +1,1 @@
+"""Request and response models per API beyond OpenAI's chat and completions (server/protocol.py)."""
