@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from engines.manifest import read_manifest
 from server.auth import KeyStore
+from server.docs import install_docs
 from server.errors import install_error_handlers
 from server.metrics import Metrics
 from server.embeddings import load_embeddings
@@ -50,7 +51,9 @@ def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> 
         if app.state.embeddings is not None:
             await app.state.embeddings.close()
 
-    app = FastAPI(title="Ingot", version="0.1.0", lifespan=lifespan, dependencies=[REJECT_LONE_SURROGATES])
+    app = FastAPI(title="Ingot", version="0.1.0", lifespan=lifespan, dependencies=[REJECT_LONE_SURROGATES],
+                  docs_url=None, redoc_url=None)
+    install_docs(app)  # /docs and /redoc with their assets from installed packages, no CDN
     app.state.settings, app.state.keys, app.state.metrics = settings, keys, Metrics()
     app.state.model, app.state.tokenizer, app.state.engine = model, tokenizer, engine
     app.state.embeddings = load_embeddings(settings.artifact_dir, settings.triton_url)
