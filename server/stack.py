@@ -1,8 +1,10 @@
 """`ingot serve`: the whole stack on one machine — Triton with the portable engine, then the gateway."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -13,6 +15,7 @@ from engines.progress import Reporter
 from engines.repository import PortableSettings
 from engines.targets.portable import build_portable
 from engines.triton.launcher import start_triton
+from engines.triton.supervisor import TritonSupervisor
 
 log = logging.getLogger("ingot.serve")
 DEMO_API_KEY = "ingot-demo-key"
@@ -79,12 +82,13 @@ def serve_stack(args) -> int:
             raise ValueError("set INGOT_API_KEYS or INGOT_API_KEYS_FILE before serving beyond loopback")
         overrides["api_keys"] = (DEMO_API_KEY,)
         log.warning("no API keys configured: accepting the demo key %r on loopback only", DEMO_API_KEY)
-    triton = start_triton(artifact / "model_repository", work_dir / "triton", grpc_port=args.triton_grpc_port)
+    supervisor = TritonSupervisor(functools.partial(start_triton, artifact / "model_repository", work_dir / "triton"))
+    previous = _stop_on_sigterm()
     announced = None
     try:
-        log.info("Triton's log: %s", triton.log_path)
+        log.info("Triton's log: %s", work_dir / "triton" / "tritonserver.log")
         with reporter.stages("Triton") as stage:
-            triton.wait_ready(on_stage=stage)
+            triton = supervisor.start(grpc_port=args.triton_grpc_port, on_stage=stage)
         settings = Settings.from_env(artifact_dir=artifact, triton_url=triton.grpc_url, host=host, port=port,
                                      served_model_name=args.served_model_name, max_model_len=args.max_model_len,
                                      **overrides)
@@ -94,9 +98,24 @@ def serve_stack(args) -> int:
         log.info("starting the gateway")
         announced = announce_when_listening(
             base_url, lambda: announcement(base_url, demo_key, model, time.monotonic() - started), log.info)
+        # The gateway handles SIGTERM/SIGINT while it runs (it drains), then raises the signal again.
         run_gateway(settings)
+    except KeyboardInterrupt:
+        log.info("interrupted")
     finally:
         if announced is not None:
             announced.set()
-        triton.stop()
+        log.info("stopping Triton")
+        supervisor.stop()  # returns once no tritonserver or stub process is left
+        signal.signal(signal.SIGTERM, previous)
+        log.info("stopped")
     return 0
+
+
+def _stop_on_sigterm():
+    """SIGTERM unwinds like Ctrl-C (before the gateway runs, and when uvicorn raises it again after its
+    own shutdown), so Triton is always stopped on the way out."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)

@@ -11,21 +11,36 @@ environment whose `bin/` leads PATH, and its working directory, which is the rep
 `engines` imports). `INGOT_TRITON_PYTHON` names another interpreter whose environment the stub should
 use instead: Triton 2.51's stub sends empty output tensors under numpy 2, so where the serving
 environment has numpy 2 the stub gets one with numpy 1.26 (benchmarks/device_env.sh makes such one).
+
+Nothing outlives `stop()`: the server leads its own process group, which its Python-backend stubs
+share; they ignore SIGTERM and are reaped by the server when it unloads the model, so `stop()` waits
+for the whole group and SIGKILLs what remains after a timeout. Only the gateway's needs are open to
+any local process: health, metadata and inference. The admin APIs (model repository, logging, trace,
+statistics, shared memory, model config) are off: Triton 2.51 cannot disable them one by one, but it
+can restrict them to a header, and a header whose name holds spaces can be sent by no HTTP or gRPC
+client. (A secret value would not do: every local process can read a server's command line.) The
+Python backend creates its shared-memory region with mode 0644 whatever the umask (Boost sets the
+mode after creating it), so a watcher makes each region of this server's name prefix 0600 as soon as it
+appears, while the model loads and before any request can reach it.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from engines.triton.processes import process_group
 from engines.triton.startup_stage import read_stage
 
 
@@ -33,11 +48,17 @@ class TritonStartError(RuntimeError):
     pass
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: on Linux, the kernel ends tritonserver if its parent dies."""
+RESTRICTED_APIS = ("model-repository", "model-config", "statistics", "trace", "logging", "shared-memory")
+UNSENDABLE_HEADER = "admin apis are off"  # not a valid HTTP header name nor gRPC metadata key
+SHM_DIR = Path("/dev/shm")
+
+
+def _prepare_child() -> None:
+    """Runs in the child before exec: files and shared memory it makes are this user's only; on Linux,
+    the kernel ends tritonserver if its parent dies."""
+    os.umask(0o077)
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
@@ -135,6 +156,7 @@ class TritonServer:
     grpc_port: int
     metrics_port: int
     log_path: Path
+    shm_prefix: str = ""  # name prefix of the Python backend's shared-memory regions
 
     @property
     def grpc_url(self) -> str:
@@ -171,15 +193,67 @@ class TritonServer:
     def log_tail(self, lines: int = 40) -> str:
         return log_tail(self.log_path, lines)
 
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
+    def processes(self) -> list[int]:
+        """The server and its stubs still running (its process group)."""
+        return process_group(self.process.pid)
+
+    def stop(self, timeout: float = 20.0, stub_grace: float = 5.0) -> None:
+        """SIGTERM (Triton unloads the model, which ends its stubs), SIGKILL after `timeout`; returns once
+        no process of the group is left, the server reaped and its shared memory removed."""
+        if self.process.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self.process.wait()
+        self.reap_group(stub_grace)
+
+    def reap_group(self, grace: float = 5.0) -> None:
+        """After the server exited: give its stubs `grace` seconds to follow, then SIGKILL them."""
+        deadline = time.monotonic() + grace
+        while self.processes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.processes():
+            self._signal_group(signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while self.processes() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.remove_shared_memory()
+
+    def _signal_group(self, signum: int) -> None:
         try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            os.killpg(self.process.pid, signum)  # the server leads its group (start_new_session)
+        except ProcessLookupError:
+            pass
+
+    def guard_shared_memory(self) -> threading.Thread:
+        """Keep this server's shared-memory regions private for as long as it runs."""
+        thread = threading.Thread(target=self._guard_shared_memory, name="triton-shm-guard", daemon=True)
+        thread.start()
+        return thread
+
+    def _guard_shared_memory(self) -> None:
+        private: set[Path] = set()
+        last_new = time.monotonic()
+        while self.process.poll() is None:
+            for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
+                if region not in private:
+                    try:
+                        region.chmod(0o600)
+                        private.add(region)
+                        last_new = time.monotonic()
+                    except FileNotFoundError:
+                        pass
+            # Tight until the model's region appeared (it loads then), relaxed once it serves.
+            time.sleep(0.005 if not private or time.monotonic() - last_new < 2 else 0.5)
+
+    def remove_shared_memory(self) -> None:
+        """Regions a killed server or stub could not remove itself."""
+        if not self.shm_prefix:
+            return
+        for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
+            region.unlink(missing_ok=True)
 
 
 def start_triton(
@@ -190,13 +264,16 @@ def start_triton(
     grpc_port: int = 0,
     metrics_port: int = 0,
 ) -> TritonServer:
-    """Start tritonserver in the background; call `wait_ready()` on the result."""
+    """Start tritonserver in the background; call `wait_ready()` on the result. Ports of 0 are free ones;
+    a restart passes the previous server's ports to keep its address."""
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     python = StubPython.find()
     backends = prepare_backends(work_dir, python)
     ports = [port or free_port(host) for port in (http_port, grpc_port, metrics_port)]
     log_path = work_dir / "tritonserver.log"
+    shm_prefix = f"ingot_{secrets.token_hex(6)}_"
+    restricted = f"{','.join(RESTRICTED_APIS)}:{UNSENDABLE_HEADER}={secrets.token_hex(16)}"
     command = [
         str(pytriton_root() / "bin" / "tritonserver"),
         f"--model-repository={Path(model_repository).resolve()}",
@@ -207,14 +284,20 @@ def start_triton(
         f"--http-port={ports[0]}",
         f"--grpc-port={ports[1]}",
         f"--metrics-port={ports[2]}",
+        f"--http-restricted-api={restricted}",
+        f"--grpc-restricted-protocol={restricted}",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
         "--exit-on-error=true",
         "--exit-timeout-secs=10",
         "--log-verbose=0",
     ]
+    if log_path.exists():  # a restarted server keeps its predecessor's log beside its own
+        log_path.replace(log_path.with_name("tritonserver.previous.log"))
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(python), cwd=PROJECT_ROOT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            start_new_session=True, preexec_fn=_prepare_child if sys.platform.startswith("linux") else None,
         )
-    return TritonServer(process, host, *ports, log_path=log_path)
+    server = TritonServer(process, host, *ports, log_path=log_path, shm_prefix=shm_prefix)
+    server.guard_shared_memory()
+    return server
