@@ -14,7 +14,7 @@ from server.errors import install_error_handlers
 from server.metrics import Metrics
 from server.embeddings import load_embeddings
 from server.middleware import Check, GatewayMiddleware, api_key_check
-from server.routes import chat, completions, embeddings, health, models
+from server.routes import chat, completions, embeddings, health, models, sagemaker, tgi, tokenize
 from server.settings import Settings
 from server.surrogates import CHECK as REJECT_LONE_SURROGATES
 from server.tokenizer import Tokenizer
@@ -26,13 +26,18 @@ class ServedModel:
     name: str
     max_model_len: int
     created: int
+    aliases: tuple[str, ...] = ()
+
+    def answers_to(self, name: str) -> bool:
+        return name == self.name or name in self.aliases
 
 
 def load_model(settings: Settings) -> tuple[ServedModel, Tokenizer]:
     manifest = read_manifest(settings.artifact_dir)
     tokenizer = Tokenizer(settings.artifact_dir / manifest.tokenizer_dir)
     max_model_len = settings.max_model_len or manifest.max_model_len
-    model = ServedModel(settings.served_model_name or manifest.model_name, max_model_len, int(time.time()))
+    model = ServedModel(settings.served_model_name or manifest.model_name, max_model_len, int(time.time()),
+                        settings.model_aliases)
     return model, tokenizer
 
 
@@ -63,6 +68,7 @@ def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> 
     checks: list[Check] = [api_key_check(keys)]
     app.add_middleware(GatewayMiddleware, checks=checks, metrics=app.state.metrics)
 
-    for router in (health.router, models.router, chat.router, completions.router, embeddings.router):
+    for router in (health.router, models.router, chat.router, completions.router, embeddings.router,
+                   tgi.router, tokenize.router, sagemaker.router):
         app.include_router(router)
     return app

@@ -50,9 +50,14 @@ class Admission:
 Check = Callable[[Admission], Awaitable[None]]
 
 
+# Routes outside /v1 that generate or use the tokenizer (TGI's, SageMaker's, vLLM's) take the key as well;
+# /info, /ping, /version, /health, /ready and /metrics stay open, as in TGI and vLLM.
+KEYED_PATHS = frozenset({"/", "/generate", "/generate_stream", "/invocations", "/tokenize", "/detokenize"})
+
+
 def api_key_check(keys: KeyStore) -> Check:
     async def require_api_key(admission: Admission) -> None:
-        if admission.path.startswith("/v1"):
+        if admission.path.startswith("/v1") or admission.path in KEYED_PATHS:
             check_authorization(keys, admission.header("authorization"))
 
     return require_api_key

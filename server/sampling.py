@@ -14,9 +14,11 @@ UNSUPPORTED = {
 }
 
 
-def check_model(requested: str, served: str) -> None:
-    if requested != served:
-        raise APIError(404, f"The model '{requested}' does not exist. This server serves '{served}'.",
+def check_model(requested: str, served) -> None:
+    """`served`: the model's name, or the ServedModel (whose aliases, INGOT_MODEL_ALIASES, are accepted too)."""
+    name = served if isinstance(served, str) else served.name
+    if requested != name and (isinstance(served, str) or not served.answers_to(requested)):
+        raise APIError(404, f"The model '{requested}' does not exist. This server serves '{name}'.",
                        "invalid_request_error", "model", "model_not_found")
 
 
@@ -29,13 +31,22 @@ def check_supported(fields: SamplingFields) -> None:
 
 
 def output_budget(requested: int | None, prompt_tokens: int, max_model_len: int, param: str = "messages") -> int:
-    """Tokens the answer may use: the request's max, capped by what the context has left."""
+    """Tokens the answer may use: the request's max, or what the context has left when it asks for none.
+
+    Asking for more than the context holds is a 400 with the numbers, as OpenAI and vLLM answer, never a
+    silent cap."""
     room = max_model_len - prompt_tokens
     if room <= 0:
         raise bad_request(
             f"This model's maximum context length is {max_model_len} tokens, but the prompt has "
             f"{prompt_tokens} tokens. Shorten the prompt.", param, "context_length_exceeded")
-    return room if requested is None else min(requested, room)
+    if requested is not None and requested > room:
+        raise bad_request(
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+            f"{prompt_tokens + requested} tokens ({prompt_tokens} in the {param}, {requested} for the "
+            f"completion). Please reduce the length of the {param} or the completion.", "max_tokens",
+            "context_length_exceeded")
+    return room if requested is None else requested
 
 
 def plan_generation(fields: SamplingFields, prompt_ids: list[int], tokenizer: Tokenizer, max_tokens: int,

@@ -5,6 +5,9 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+# Names TGI's clients send when they name no model: "tgi" (TGI's docs), "dummy" (huggingface_hub given a URL).
+DEFAULT_MODEL_ALIASES = "tgi,dummy"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -17,6 +20,7 @@ class Settings:
     api_keys_file: Path | None = None
     allow_anonymous: bool = False
     max_model_len: int | None = None
+    model_aliases: tuple[str, ...] = tuple(DEFAULT_MODEL_ALIASES.split(","))  # more names for the served model
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "Settings":
@@ -31,6 +35,8 @@ class Settings:
             "api_keys_file": Path(env["INGOT_API_KEYS_FILE"]) if env.get("INGOT_API_KEYS_FILE") else None,
             "allow_anonymous": env.get("INGOT_ALLOW_ANONYMOUS", "").lower() in ("1", "true", "yes"),
             "max_model_len": int(env["INGOT_MAX_MODEL_LEN"]) if env.get("INGOT_MAX_MODEL_LEN") else None,
+            "model_aliases": tuple(a.strip() for a in env.get("INGOT_MODEL_ALIASES", DEFAULT_MODEL_ALIASES).split(",")
+                                   if a.strip()),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         if values["artifact_dir"] is None:

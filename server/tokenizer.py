@@ -1,6 +1,7 @@
 """The gateway's tokenizer: prompts and chat templates in, token ids out, and back to text."""
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 from server.errors import bad_request
@@ -36,3 +37,16 @@ class Tokenizer:
 
     def encode_stop_sequences(self, stops: list[str]) -> list[list[int]]:
         return [list(self._tok.encode(stop, add_special_tokens=False)) for stop in stops]
+
+    @cached_property
+    def special_ids(self) -> frozenset[int]:
+        return frozenset(self._tok.all_special_ids)
+
+    def encode_with_offsets(self, text: str, add_special_tokens: bool = True) -> list[tuple[int, int, int]]:
+        """(id, start, stop) per token, the offsets in characters of `text` (TGI's /tokenize)."""
+        encoded = self._tok(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        return [(int(i), int(a), int(b)) for i, (a, b) in zip(encoded["input_ids"], encoded["offset_mapping"],
+                                                              strict=True)]
+
+    def encode_plain(self, text: str, add_special_tokens: bool) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens))
