@@ -36,6 +36,8 @@ WHEELS = (
     "typing-extensions", "annotated-doc", "opentelemetry-api", "anyio", "h11", "sniffio",
     "openai", "jiter", "httpx2", "httpcore2", "truststore", "idna",
     "tritonclient", "python-rapidjson",
+    # runtime dependencies the gateway and `ingot serve` import since: offline /docs, progress output
+    "fastapi-offline", "rich", "markdown-it-py", "mdurl", "pygments",
 )
 STUB_WHEELS = ("numpy==1.26.4",)
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",

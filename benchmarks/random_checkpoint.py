@@ -38,7 +38,7 @@ CHAT_TEMPLATE = (
 )
 TINY = dict(MODEL_CONFIGS["llama-2-7b"], hidden_size=64, intermediate_size=160, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048)
-SHAPES = {"llama-2-7b": MODEL_CONFIGS["llama-2-7b"], "tiny": TINY}
+SHAPES = {"llama-2-7b": MODEL_CONFIGS["llama-2-7b"], "mistral-7b": MODEL_CONFIGS["mistral-7b"], "tiny": TINY}
 SHARD_BYTES = 2 << 30
 
 

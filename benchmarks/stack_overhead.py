@@ -1,0 +1,279 @@
+"""What the stack itself costs per streamed token, on any machine: CPU time of the gateway and of Triton
+with its Python-backend stub, for many concurrent streams of the tiny demo model.
+
+The demo model's forward is nearly free, so the CPU the server processes burn is the serving path's own
+cost: the gateway's HTTP, detokenization and SSE work, Triton's gRPC, and the stub's engine loop and
+responses. Each load point runs N users in a closed loop (each sends its next streamed completion when
+the last one ends); CPU time is read from /proc (psutil) for each process tree before and after.
+
+    python -m benchmarks.stack_overhead --out benchmarks/results/stack_overhead_after
+    python -m benchmarks.stack_overhead --streams 4 --output-tokens 8 --out /tmp/overhead   # a quick look
+    python -m benchmarks.stack_overhead --compare before/stack_overhead.json after/stack_overhead.json \
+        --out benchmarks/results/stack_overhead.md
+
+Only interfaces that every version of the stack has are used (the Triton launcher, the portable target,
+`server.cli gateway`), so the same file measures an older commit in its own worktree.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import secrets
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "Tell me a long story about the sea, the ships that sail it and the people who wait for them."
+
+
+@dataclass
+class Point:
+    streams: int
+    requests: int
+    failed: int
+    tokens: int
+    chunks: int  # SSE events carrying output text
+    wall_s: float
+    gateway_cpu_s: float
+    triton_cpu_s: float  # tritonserver and its Python-backend stub(s)
+    stub_cpu_s: float
+
+    @property
+    def derived(self) -> dict:
+        per_token = 1e6 / max(self.tokens, 1)
+        return {"tok_s": round(self.tokens / self.wall_s, 1),
+                "chunks_per_token": round(self.chunks / max(self.tokens, 1), 3),
+                "gateway_us_per_token": round(self.gateway_cpu_s * per_token, 1),
+                "triton_us_per_token": round(self.triton_cpu_s * per_token, 1),
+                "stub_us_per_token": round(self.stub_cpu_s * per_token, 1),
+                "stack_us_per_token": round((self.gateway_cpu_s + self.triton_cpu_s) * per_token, 1)}
+
+
+def tree_cpu(pid: int) -> dict[int, float]:
+    """user + system CPU seconds of `pid` and every process below it, by pid."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    seconds = {}
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            seconds[process.pid] = times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return seconds
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(value - before.get(pid, 0.0) for pid, value in after.items())
+
+
+# ---- the stack
+
+
+def start_stack(args, work: Path, key: str):
+    """Demo artifact, Triton and the gateway; returns (triton, gateway process, base URL)."""
+    from engines.demo import make_demo_checkpoint
+    from engines.repository import PortableSettings
+    from engines.targets.portable import build_portable
+    from engines.triton.launcher import free_port, start_triton
+
+    checkpoint = make_demo_checkpoint("llama", work / "checkpoint")
+    settings = PortableSettings(device="cpu", kv_cache_memory_bytes=256 << 20, max_num_seqs=args.max_num_seqs,
+                                max_num_batched_tokens=args.max_num_batched_tokens, max_batch_size=args.max_num_seqs)
+    artifact = work / "artifact"
+    build_portable(checkpoint, artifact, settings, model_name="demo-llama")
+    triton = start_triton(artifact / "model_repository", work / "triton")
+    triton.wait_ready(timeout=300)
+    port = free_port()
+    command = [sys.executable, "-m", "server.cli", "gateway", "--artifact", str(artifact),
+               "--triton-url", triton.grpc_url, "--port", str(port)] + args.gateway_arg
+    log = open(work / "gateway.log", "wb")
+    gateway = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                               env=dict(os.environ, INGOT_API_KEYS=key, PYTHONUNBUFFERED="1"))
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if gateway.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"gateway did not start:\n{(work / 'gateway.log').read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return triton, gateway, base_url
+
+
+def stop_stack(triton, gateway) -> None:
+    gateway.terminate()
+    try:
+        gateway.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        gateway.kill()
+        gateway.wait()
+    triton.stop()
+
+
+# ---- the load
+
+
+async def stream_one(client: httpx.AsyncClient, base_url: str, key: str, max_tokens: int) -> tuple[int, int]:
+    """One streamed completion: (tokens from usage, chunks carrying text)."""
+    body = {"model": "demo-llama", "prompt": PROMPT, "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
+            "temperature": 0.0, "stream_options": {"include_usage": True}}
+    tokens = chunks = 0
+    async with client.stream("POST", f"{base_url}/v1/completions", json=body,
+                             headers={"Authorization": f"Bearer {key}"}) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if event.get("choices") and event["choices"][0].get("text"):
+                chunks += 1
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+    return tokens, chunks
+
+
+async def load_point(base_url: str, key: str, streams: int, requests_per_user: int, max_tokens: int):
+    results, failed = [], 0
+    limits = httpx.Limits(max_connections=streams + 8, max_keepalive_connections=streams + 8)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits, trust_env=False) as client:
+        async def user():
+            nonlocal failed
+            for _ in range(requests_per_user):
+                try:
+                    results.append(await stream_one(client, base_url, key, max_tokens))
+                except (httpx.HTTPError, RuntimeError):
+                    failed += 1
+
+        await asyncio.gather(*(user() for _ in range(streams)))
+    return results, failed
+
+
+def measure(args, triton, gateway, base_url: str, key: str, streams: int) -> Point:
+    asyncio.run(load_point(base_url, key, min(streams, 4), 1, 4))  # warm both paths up, not measured
+    server_pid = triton.process.pid
+    gateway_before, triton_before = tree_cpu(gateway.pid), tree_cpu(server_pid)
+    started = time.perf_counter()
+    results, failed = asyncio.run(load_point(base_url, key, streams, args.requests_per_user, args.output_tokens))
+    wall = time.perf_counter() - started
+    gateway_after, triton_after = tree_cpu(gateway.pid), tree_cpu(server_pid)
+    stubs = {pid for pid in triton_after if pid != server_pid}
+    stub_cpu = sum(triton_after[pid] - triton_before.get(pid, 0.0) for pid in stubs)
+    return Point(streams, len(results) + failed, failed, sum(t for t, _ in results), sum(c for _, c in results),
+                 round(wall, 3), round(cpu_spent(gateway_before, gateway_after), 3),
+                 round(cpu_spent(triton_before, triton_after), 3), round(stub_cpu, 3))
+
+
+# ---- records
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def record(args, argv: list[str], points: list[Point]) -> dict:
+    return {"label": args.label, "commit": git_commit(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "hardware": f"{psutil.cpu_count()}-core CPU machine, no GPU ({platform.machine()}), shared with other "
+                        "work: CPU time per token is the measure, wall-clock figures are only indicative",
+            "command": "python -m benchmarks.stack_overhead " + shlex.join(argv),
+            "model": "demo-llama (tiny random weights, CPU)", "output_tokens": args.output_tokens,
+            "requests_per_user": args.requests_per_user, "max_num_seqs": args.max_num_seqs,
+            "points": [{**asdict(p), **p.derived} for p in points]}
+
+
+COLUMNS = ("streams", "tokens", "failed", "chunks_per_token", "gateway_us_per_token", "triton_us_per_token",
+           "stub_us_per_token", "stack_us_per_token", "tok_s")
+
+
+def table(result: dict) -> list[str]:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(point[c]) for c in COLUMNS) + " |" for point in result["points"]]
+    return lines
+
+
+def markdown(result: dict) -> str:
+    head = [f"# Stack overhead: {result['label']}", "",
+            f"- **Hardware**: {result['hardware']}", f"- **Date**: {result['date']}",
+            f"- **Commit**: {result['commit']}", f"- **Command**: `{result['command']}`",
+            f"- **Workload**: {result['model']}, {result['output_tokens']} streamed tokens per request, "
+            f"{result['requests_per_user']} requests per user, closed loop", ""]
+    return "\n".join(head + table(result)) + "\n"
+
+
+def compare(before: dict, after: dict) -> str:
+    lines = ["# Stack overhead: before and after", "",
+             "CPU microseconds per streamed token of the gateway process and of Triton with its Python-backend "
+             "stub (`triton` includes `stub`), and SSE chunks per token, for the same workload on the same "
+             f"machine ({after['hardware']}).", "",
+             f"- before: commit {before['commit']}, {before['date']}: `{before['command']}`",
+             f"- after: commit {after['commit']}, {after['date']}: `{after['command']}`", "",
+             "| streams | version | " + " | ".join(COLUMNS[3:]) + " |", "|" + "---|" * (len(COLUMNS) - 1)]
+    for point_before in before["points"]:
+        for name, result in (("before", before), ("after", after)):
+            point = next((p for p in result["points"] if p["streams"] == point_before["streams"]), None)
+            if point is not None:
+                lines.append(f"| {point['streams']} | {name} | " + " | ".join(str(point[c]) for c in COLUMNS[3:])
+                             + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="report folder (--compare: the .md file)")
+    parser.add_argument("--label", default="this commit")
+    parser.add_argument("--streams", default="64,256", help="concurrent streams per load point")
+    parser.add_argument("--output-tokens", type=int, default=128)
+    parser.add_argument("--requests-per-user", type=int, default=2)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    parser.add_argument("--work-dir", type=Path, default=None, help="default: a fresh folder under /tmp")
+    parser.add_argument("--gateway-arg", action="append", default=[], help="one more argument for the gateway")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE_JSON", "AFTER_JSON"))
+    args = parser.parse_args(argv)
+    if args.compare:
+        before, after = (json.loads(path.read_text()) for path in args.compare)
+        args.out.write_text(compare(before, after))
+        print(args.out.read_text())
+        return 0
+    work = (args.work_dir or Path(f"/tmp/ingot-overhead-{secrets.token_hex(4)}")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(16)
+    triton, gateway, base_url = start_stack(args, work, key)
+    try:
+        points = [measure(args, triton, gateway, base_url, key, int(n)) for n in args.streams.split(",")]
+    finally:
+        stop_stack(triton, gateway)
+    result = record(args, argv, points)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "stack_overhead.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "stack_overhead.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0 if all(p.failed == 0 for p in points) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,27 @@
+"""The stack overhead benchmark runs end to end on the demo model (briefly: it is measured in benchmarks/results)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import stack_overhead
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_short_run_reports_cpu_per_token_for_each_process(tmp_path):
+    code = stack_overhead.main(["--streams", "3", "--output-tokens", "6", "--requests-per-user", "1",
+                                "--max-num-seqs", "8", "--out", str(tmp_path / "out"),
+                                "--work-dir", str(tmp_path / "work")])
+    assert code == 0
+    result = json.loads((tmp_path / "out" / "stack_overhead.json").read_text())
+    [point] = result["points"]
+    assert point["streams"] == 3 and point["failed"] == 0 and point["tokens"] == 18
+    assert point["gateway_cpu_s"] > 0 and point["triton_cpu_s"] >= point["stub_cpu_s"] > 0
+    assert 0 < point["chunks_per_token"] <= 1
+    assert "stack_us_per_token" in (tmp_path / "out" / "stack_overhead.md").read_text()
+    comparison = tmp_path / "compare.md"
+    stack_overhead.main(["--compare", str(tmp_path / "out" / "stack_overhead.json"),
+                         str(tmp_path / "out" / "stack_overhead.json"), "--out", str(comparison)])
+    assert comparison.read_text().count("| 3 |") == 2
