@@ -34,7 +34,8 @@ def sentence(i: int) -> str:
     return " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(12)) + f" {i}"
 
 
-def in_process(seconds: float, batch: int = 32) -> float:
+def in_process(seconds: float, batch: int = 32) -> tuple[float, float]:
+    """Embeddings per wall second and per CPU second of this process (the second is what load cannot hide)."""
     from transformers import AutoTokenizer
 
     from engines.embedding import Embedder, read_embedding_spec, resolve_model_dir
@@ -42,12 +43,12 @@ def in_process(seconds: float, batch: int = 32) -> float:
     model_dir = resolve_model_dir(MODEL)
     embedder, tokenizer = Embedder(model_dir, read_embedding_spec(model_dir)), AutoTokenizer.from_pretrained(
         str(model_dir))
-    done, start, i = 0, time.perf_counter(), 0
+    done, start, cpu, i = 0, time.perf_counter(), time.process_time(), 0
     while time.perf_counter() - start < seconds:
         ids = tokenizer([sentence(i + k) for k in range(batch)])["input_ids"]
         embedder.embed(ids)
         done, i = done + batch, i + batch
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), done / (time.process_time() - cpu)
 
 
 async def closed_loop(base_url: str, clients: int, batch: int, seconds: float) -> dict:
@@ -109,10 +110,12 @@ def markdown(record: dict) -> str:
     rows = "\n".join(f"| {r['clients']} | {r['batch']} | {r['embeddings_per_s']} | {r['p50_latency_ms']} | "
                      f"{r['p95_latency_ms']} |" for r in record["stack"])
     return (f"# Embeddings per second on CPU ({MODEL})\n\n"
-            f"{record['date']}, commit {record['commit']}, {record['hardware']}.\n"
+            f"{record['date']}, commit {record['commit']}, {record['hardware']}; load average (1, 5, 15 min) "
+            f"{record['load_average_at_start']} at the start, {record['load_average_at_end']} at the end: the "
+            "machine is shared, so read the figures against each other, not as this model's CPU speed.\n"
             f"Command: `{record['command']}`\n\n"
             f"In-process ceiling (transformers, batch 32, same threads): **{record['in_process_per_s']}** "
-            "embeddings/s.\n\n"
+            f"embeddings/s, {record['in_process_per_cpu_s']} per CPU second of the process.\n\n"
             "| clients | inputs per request | embeddings/s | p50 ms | p95 ms |\n| --- | --- | --- | --- | --- |\n"
             f"{rows}\n\nThrough the stack every input is its own Triton request; Triton's dynamic batcher "
             "(max_queue_delay 2 ms) gathers them into one forward pass, across clients.\n")
@@ -131,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                        text=True).stdout.strip(),
               "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)",
-              "in_process_per_s": round(in_process(args.seconds), 1), "stack": []}
+              "load_average_at_start": [round(x, 1) for x in os.getloadavg()],
+              "stack": []}
+    per_wall_s, per_cpu_s = in_process(args.seconds)
+    record["in_process_per_s"], record["in_process_per_cpu_s"] = round(per_wall_s, 1), round(per_cpu_s, 1)
     with tempfile.TemporaryDirectory(prefix="ingot-embed-bench-") as work:
         triton, gateway, base_url = start_stack(Path(work))
         try:
@@ -142,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             gateway.terminate()
             gateway.wait(timeout=20)
             triton.stop()
+    record["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
     (out / "embeddings.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "embeddings.md").write_text(markdown(record))
     print(markdown(record))

@@ -1,9 +1,12 @@
 """The gateway's app factory: settings in, a FastAPI app speaking the OpenAI API out."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib import metadata
 
 from fastapi import FastAPI
 
@@ -27,9 +30,21 @@ class ServedModel:
     max_model_len: int
     created: int
     aliases: tuple[str, ...] = ()
+    fingerprint: str | None = None  # system_fingerprint: changes when the artifact or the server changes
 
     def answers_to(self, name: str) -> bool:
         return name == self.name or name in self.aliases
+
+
+def system_fingerprint(manifest) -> str:
+    """OpenAI's system_fingerprint: a digest of the artifact's files (weights, engine settings, tokenizer) and
+    of this server's version, so a client can tell when answers may differ for reasons beyond its request."""
+    try:
+        version = metadata.version("ingot")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    digest = hashlib.sha256(json.dumps([manifest.files, manifest.target, version], sort_keys=True).encode())
+    return "fp_" + digest.hexdigest()[:12]
 
 
 def load_model(settings: Settings) -> tuple[ServedModel, Tokenizer]:
@@ -37,7 +52,7 @@ def load_model(settings: Settings) -> tuple[ServedModel, Tokenizer]:
     tokenizer = Tokenizer(settings.artifact_dir / manifest.tokenizer_dir)
     max_model_len = settings.max_model_len or manifest.max_model_len
     model = ServedModel(settings.served_model_name or manifest.model_name, max_model_len, int(time.time()),
-                        settings.model_aliases)
+                        settings.model_aliases, system_fingerprint(manifest))
     return model, tokenizer
 
 
