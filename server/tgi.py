@@ -24,7 +24,6 @@ from server.tokenizer import Tokenizer
 DEFAULT_MAX_NEW_TOKENS = 100  # TGI's default
 REFUSED = {  # parameter → why it is refused (a clear 422, never ignored)
     "watermark": "watermark is not supported: this server does not watermark its outputs.",
-    "grammar": "grammar is not supported on /generate; use response_format on /v1/chat/completions.",
     "adapter_id": "adapter_id is not supported: this server serves no LoRA adapters.",
     "typical_p": "typical_p is not supported by this server's samplers.",
     "decoder_input_details": "decoder_input_details is not supported yet: the engine returns no prompt "
@@ -80,6 +79,27 @@ def refuse_unsupported(parameters: GenerateParameters, streaming: bool) -> None:
         raise APIError(400, "best_of > 1 is not supported yet.", param="best_of")
 
 
+def guide_of(grammar) -> tuple[str, str]:
+    """TGI's `grammar` as the contract's guided decoding: {"type": "json", "value": a JSON schema (object or
+    text)} or {"type": "regex", "value": a regular expression}."""
+    if not isinstance(grammar, dict) or grammar.get("type") not in ("json", "regex") or "value" not in grammar:
+        raise APIError(400, 'grammar must be {"type": "json", "value": <JSON schema>} or '
+                            '{"type": "regex", "value": "<regular expression>"}.', param="grammar")
+    value = grammar["value"]
+    if grammar["type"] == "regex":
+        if not isinstance(value, str) or not value:
+            raise APIError(400, "A regex grammar's value must be a non-empty string.", param="grammar")
+        return "regex", value
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise APIError(400, f"A json grammar's value is not valid JSON: {exc}", param="grammar") from exc
+    if not isinstance(value, dict):
+        raise APIError(400, "A json grammar's value must be a JSON schema (an object).", param="grammar")
+    return "json_schema", json.dumps(value)
+
+
 def samples(parameters: GenerateParameters) -> bool:
     """TGI samples when asked to or when any sampling setting differs from its neutral value."""
     return parameters.do_sample or any((
@@ -118,6 +138,8 @@ def plan(body: GenerateRequest, request: Request, streaming: bool) -> TgiGenerat
         top_k=parameters.top_k, seed=seed, repetition_penalty=parameters.repetition_penalty,
         frequency_penalty=parameters.frequency_penalty or 0.0)
     generation = plan_generation(fields, prompt_ids, tokenizer, max_tokens, return_log_probs=True)
+    if parameters.grammar is not None:
+        generation.request.guide_type, generation.request.guide = guide_of(parameters.grammar)
     return TgiGeneration(GenerationRun(request, generation, len(prompt_ids)), prompt_ids, seed,
                          bool(parameters.return_full_text), body.inputs)
 

@@ -149,3 +149,11 @@ def test_hub_chat_completion(hub, ingot_stack, tokenizer, reference_greedy):
     assert reply.choices[0].message.content == expected
     streamed = hub.chat_completion(messages, model=ingot_stack.model, max_tokens=8, temperature=0, stream=True)
     assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices) == expected
+
+
+def test_grammar_constrains_the_output(hub):
+    digits = hub.text_generation("Hello", max_new_tokens=6, grammar={"type": "regex", "value": "[0-9]{3}"})
+    assert len(digits) == 3 and digits.isdigit()
+    answer = hub.text_generation("Hello", max_new_tokens=40, grammar={
+        "type": "json", "value": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}})
+    assert isinstance(json.loads(answer)["n"], int)

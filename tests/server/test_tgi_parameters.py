@@ -5,7 +5,7 @@ import pytest
 
 from server.errors import APIError
 from server.protocols.tgi import GenerateParameters
-from server.tgi import refuse_unsupported, samples, tgi_status
+from server.tgi import guide_of, refuse_unsupported, samples, tgi_status
 
 
 @pytest.mark.parametrize("parameters, sampled", [
@@ -23,7 +23,6 @@ def test_greedy_unless_asked_to_sample(parameters, sampled):
 @pytest.mark.parametrize("parameters, param", [
     ({"watermark": True}, "watermark"),
     ({"typical_p": 0.5}, "typical_p"),
-    ({"grammar": {"type": "json", "value": {}}}, "grammar"),
     ({"adapter_id": "x"}, "adapter_id"),
     ({"best_of": 2}, "best_of"),
 ])
@@ -40,3 +39,12 @@ def test_best_of_one_and_defaults_pass():
 @pytest.mark.parametrize("status, tgi", [(400, 422), (404, 422), (401, 401), (429, 429), (500, 424), (503, 503)])
 def test_statuses_follow_tgi(status, tgi):
     assert tgi_status(APIError(status, "m")) == tgi
+
+
+def test_grammars_become_the_contracts_guides():
+    assert guide_of({"type": "regex", "value": "[0-9]+"}) == ("regex", "[0-9]+")
+    assert guide_of({"type": "json", "value": {"type": "object"}}) == ("json_schema", '{"type": "object"}')
+    assert guide_of({"type": "json", "value": '{"type": "integer"}'}) == ("json_schema", '{"type": "integer"}')
+    for bad in ({"type": "ebnf", "value": "x"}, {"type": "regex", "value": ""}, {"type": "json", "value": "{"}, "x"):
+        with pytest.raises(APIError):
+            guide_of(bad)
