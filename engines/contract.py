@@ -130,6 +130,12 @@ class GenerationRequest:
     stop: bool = False
     guide_type: str | None = None  # guided decoding: json, json_schema, regex, ebnf_grammar, structural_tag
     guide: str | None = None
+    len_penalty: float = 1.0  # beam search: score = cum_log_probs / length ** len_penalty
+    early_stopping: bool = False  # beam search: end once beam_width hypotheses are finished
+    logit_bias: dict[int, float] = field(default_factory=dict)  # sent as the dense `embedding_bias`
+    vocab_size: int | None = None  # the width of `embedding_bias`: the model's logits
+    return_context_logits: bool = False  # the prompt's logits rows: prompt logprobs (echo)
+    return_generation_logits: bool = False  # each new token's logits row: top logprobs
 
 
 @dataclass
@@ -187,6 +193,13 @@ def encode_request(request: GenerationRequest) -> dict[str, np.ndarray]:
         if value is not None:
             values[name] = value
     tensors = {name: np.array([[value]], dtype=INPUT_SPECS[name].numpy_dtype) for name, value in values.items()}
+    for name in ("return_context_logits", "return_generation_logits", "early_stopping"):
+        if getattr(request, name):
+            tensors[name] = np.array([[True]])
+    if request.beam_width > 1:
+        tensors["len_penalty"] = np.array([[request.len_penalty]], dtype=np.float32)
+    if request.logit_bias:
+        tensors["embedding_bias"] = encode_logit_bias(request.logit_bias, request.vocab_size)[None]
     tensors["input_ids"] = np.array([request.input_ids], dtype=np.int32)
     if request.stop_words:
         tensors["stop_words_list"] = encode_stop_words(request.stop_words)[None]
@@ -237,6 +250,11 @@ def decode_request(tensors: dict[str, np.ndarray]) -> GenerationRequest:
         stop=bool(_first(tensors, "stop", False)),
         guide_type=_text(_first(tensors, "guided_decoding_guide_type", None)),
         guide=_text(_first(tensors, "guided_decoding_guide", None)),
+        len_penalty=float(_first(tensors, "len_penalty", 1.0)),
+        early_stopping=bool(_first(tensors, "early_stopping", False)),
+        logit_bias=decode_logit_bias(tensors.get("embedding_bias")),
+        return_context_logits=bool(_first(tensors, "return_context_logits", False)),
+        return_generation_logits=bool(_first(tensors, "return_generation_logits", False)),
     )
 
 
@@ -244,6 +262,27 @@ def _text(value) -> str | None:
     if isinstance(value, bytes):
         value = value.decode("utf-8")
     return value or None
+
+
+def encode_logit_bias(bias: dict[int, float], vocab_size: int | None) -> np.ndarray:
+    """OpenAI's sparse logit_bias as TensorRT-LLM's `embedding_bias`: one FP32 value per vocabulary
+    entry, added to the logits."""
+    if vocab_size is None:
+        raise ValueError("logit_bias needs the model's vocabulary size")
+    bad = [token for token in bias if not 0 <= token < vocab_size]
+    if bad:
+        raise ValueError(f"logit_bias token ids out of the vocabulary (size {vocab_size}): {bad[:5]}")
+    dense = np.zeros(vocab_size, dtype=np.float32)
+    for token, value in bias.items():
+        dense[token] = value
+    return dense
+
+
+def decode_logit_bias(array) -> dict[int, float]:
+    if array is None:
+        return {}
+    dense = np.asarray(array, dtype=np.float32).reshape(-1)
+    return {int(token): float(dense[token]) for token in np.flatnonzero(dense)}
 
 
 def _optional_int(value) -> int | None:
@@ -284,3 +323,11 @@ def decode_chunk(tensors: dict[str, np.ndarray | None], final: bool) -> Generati
 EMBEDDING_MODEL_NAME = "embedding"
 EMBEDDING_INPUTS: tuple[TensorSpec, ...] = (TensorSpec("input_ids", "INT32", (-1,), ragged=True),)
 EMBEDDING_OUTPUTS: tuple[TensorSpec, ...] = (TensorSpec("embedding", "FP32", (-1,)),)
+
+
+def choice_seed(seed: int, index: int) -> int:
+    """The seed of choice `index` of a request seeded with `seed`. Choice 0 keeps the request's seed,
+    so n=1 is unchanged; the others are spread by the golden-ratio increment, so their streams differ.
+    The portable engine's forked choices and the gateway's fanned-out requests use the same seeds,
+    so a seeded request gives the same choices either way."""
+    return seed if index == 0 else (seed + index * 0x9E37_79B9_7F4A_7C15) % 2**64

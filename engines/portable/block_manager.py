@@ -63,8 +63,8 @@ class BlockManager:
         """Attach cached blocks matching the start of a new sequence; returns the tokens they cover.
 
         At least one token is always left to compute, since its logits are needed."""
-        if not self.enable_prefix_caching or seq.block_table:
-            return 0
+        if not self.enable_prefix_caching or seq.block_table or seq.params.return_context_logits:
+            return 0  # a request for the prompt's logits computes every position
         previous = None
         max_blocks = (seq.num_tokens - 1) // self.block_size
         for index in range(max_blocks):
@@ -97,6 +97,30 @@ class BlockManager:
             if current not in self.cached:
                 self.cached[current] = block
                 self.hash_of[block] = current
+
+    def fork(self, parent: Sequence, child: Sequence) -> tuple[int, int] | None:
+        """Give `child` the KV cache of `parent`: full blocks are shared (one more reference each), and
+        a last block that is only partly filled is copied, since both will write their next tokens into
+        it. Returns that copy as (source, destination) blocks for the runner, or None when there is
+        nothing to copy. Raises if no block is free for the copy; check `can_fork` first."""
+        child.block_table = parent.block_table[:-(-parent.num_computed_tokens // self.block_size)]
+        child.block_hashes = list(parent.block_hashes)
+        child.num_computed_tokens = parent.num_computed_tokens
+        for block in child.block_table:
+            self.ref_counts[block] += 1
+        if parent.num_computed_tokens % self.block_size == 0 or not child.block_table:
+            return None
+        if not self.free:
+            raise RuntimeError("no free KV block for a forked sequence's partial block; check can_fork first")
+        index = (parent.num_computed_tokens - 1) // self.block_size
+        source = child.block_table[index]
+        self.ref_counts[source] -= 1  # the parent keeps it
+        child.block_table[index] = self._take_free_block()
+        return source, child.block_table[index]
+
+    def can_fork(self, parent: Sequence, children: int) -> bool:
+        partial = parent.num_computed_tokens % self.block_size != 0
+        return not partial or children <= len(self.free)
 
     def free_sequence(self, seq: Sequence) -> None:
         for block in reversed(seq.block_table):  # the tail is the least likely to be shared: evict it first

@@ -25,6 +25,9 @@ from engines.portable.grammar import GrammarCache, fill_mask
 from engines.portable.loader import load_weights, torch_dtype
 from engines.portable.model import CausalLM
 from engines.portable.model_runner import ModelRunner, kv_cache_blocks
+from engines.portable.beam_steps import BeamSteps
+from engines.portable.outputs import RequestOutput, StepOutput
+from engines.portable.request_group import RequestGroup, make_generator
 from engines.portable.sampler import argmax_is_next, sample
 from engines.portable.sampling import SamplingParams
 from engines.portable.scheduler import Scheduler
@@ -39,16 +42,7 @@ class _InFlight:
     launch: Launch
 
 
-@dataclass
-class StepOutput:
-    request_id: str
-    new_token_ids: list[int]
-    new_logprobs: list[float] | None
-    finished: bool
-    finish_reason: str | None = None  # "stop", "length" or "abort"
-
-
-class LLMEngine:
+class LLMEngine(BeamSteps):
     def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, weights: dict):
         self.model_config, self.config = model_config, engine_config
         self.max_model_len = engine_config.max_model_len or model_config.max_position_embeddings
@@ -58,7 +52,7 @@ class LLMEngine:
         self.blocks = BlockManager(num_blocks, engine_config.block_size, engine_config.enable_prefix_caching)
         self.scheduler = Scheduler(engine_config, self.blocks)
         self.runner = ModelRunner(model, engine_config, num_blocks, dtype)
-        self.sequences: dict[str, Sequence] = {}
+        self.groups: dict[str, RequestGroup] = {}
         self._inbox: list[tuple[str, object]] = []
         self._lock = threading.Lock()
         self._in_flight: _InFlight | None = None
@@ -92,7 +86,7 @@ class LLMEngine:
         # Compiled here, on the caller's thread, so that the step loop never waits on a compile.
         matcher = None if params.guide is None else self.grammars(params.end_id).matcher(params.guide)
         with self._lock:
-            if request_id in self.sequences or any(rid == request_id and payload is not None
+            if request_id in self.groups or any(rid == request_id and payload is not None
                                                    for rid, payload in self._inbox):
                 raise ValueError(f"request id {request_id!r} is already in use")
             if matcher is not None:
@@ -122,6 +116,11 @@ class LLMEngine:
         bad = [t for t in prompt if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"token ids out of the vocabulary (size {vocab}): {bad[:5]}")
+        bad_bias = [t for t in params.logit_bias if not 0 <= t < vocab]
+        if bad_bias:
+            raise ValueError(f"logit_bias token ids out of the vocabulary (size {vocab}): {bad_bias[:5]}")
+        if params.beam_search and params.return_generation_logits:
+            raise ValueError("generation logits are not returned with beam search")
         if params.end_id is not None and params.end_id >= vocab:
             raise ValueError(f"end_id {params.end_id} is out of the vocabulary (size {vocab})")
         bad_stops = [stop for stop in params.stop_token_sequences if not all(0 <= t < vocab for t in stop)]
@@ -143,21 +142,19 @@ class LLMEngine:
         aborted = []
         for request_id, payload in inbox:
             if payload is None:
-                seq = self.sequences.pop(request_id, None)
-                if seq is not None:
-                    self.scheduler.remove(seq)
-                    seq.status, seq.finish_reason = Status.FINISHED, "abort"
+                group = self.groups.pop(request_id, None)
+                if group is not None:
+                    for seq in group.live:
+                        self.scheduler.remove(seq)
+                        seq.status, seq.finish_reason = Status.FINISHED, "abort"
                     aborted.append(StepOutput(request_id, [], None, True, "abort"))
                 continue
             prompt, params = payload
-            seq = Sequence(request_id, prompt, len(prompt), params)
+            group = RequestGroup.start(request_id, prompt, params, self.config.device)
             with self._lock:
-                seq.grammar = self._matchers.pop(request_id, None)
-            if params.seed is not None and not params.greedy:
-                seed = int(params.seed) & 0xFFFF_FFFF_FFFF_FFFF  # the contract's seed is a uint64
-                seq.generator = torch.Generator(device=self.config.device).manual_seed(seed)
-            self.sequences[request_id] = seq
-            self.scheduler.add(seq)
+                group.live[0].grammar = self._matchers.pop(request_id, None)
+            self.groups[request_id] = group
+            self.scheduler.add(group.live[0])
         return aborted
 
     # ---- the loop (one thread)
@@ -182,19 +179,85 @@ class LLMEngine:
                 self._launch(seqs, None)
                 return outputs
         # The forward runs even when nobody samples: a step of prefill chunks alone fills the KV cache.
-        logits = self.runner.run(scheduled, completing)
+        context_rows = [row for row, (seq, _) in enumerate(scheduled) if self._wants_context(seq)]
+        logits, context = self.runner.run_with_context(scheduled, completing, context_rows)
+        for row, rows in context.items():
+            seq, count = scheduled[row]
+            self.groups[seq.request_id].keep_context(seq.num_computed_tokens, count, rows, seq.num_prompt_tokens)
         for seq, count in scheduled:
             seq.num_computed_tokens += count
             self.blocks.register_full_blocks(seq)
         if not completing:
             return outputs
         seqs = [scheduled[row][0] for row in completing]
-        # Host work while the GPU runs the forward launched above: sampling is what waits for it.
-        grammar_mask = fill_mask([seq.grammar for seq in seqs], self.model_config.vocab_size)
-        tokens, logprobs = sample(logits, seqs, grammar_mask)
-        for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True):
-            outputs.append(self._append(seq, token, logprob))
+        return outputs + self._sample_step(logits, seqs)
+
+    def _wants_context(self, seq: Sequence) -> bool:
+        group = self.groups[seq.request_id]
+        return seq.params.return_context_logits and group.num_context_logits < seq.num_prompt_tokens
+
+    def _sample_step(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[StepOutput]:
+        """Fork the requests whose prompts just finished into their choices, then sample every plain
+        sequence and advance every beam search whose beams all have their logits."""
+        rows = list(range(len(seqs)))
+        for row, seq in enumerate(list(seqs)):
+            group = self.groups[seq.request_id]
+            if group.wants_fork:
+                children = self._fork_choices(group, seq)
+                seqs.extend(children)
+                rows.extend([row] * len(children))
+        if len(rows) != logits.shape[0]:
+            logits = logits[torch.tensor(rows, device=logits.device)]
+        plain = [row for row, seq in enumerate(seqs) if not seq.params.beam_search]
+        outputs = []
+        if plain:
+            plain_logits = logits if len(plain) == len(seqs) else logits[torch.tensor(plain, device=logits.device)]
+            plain_seqs = [seqs[row] for row in plain]
+            raw_rows = self._raw_rows(plain_logits, plain_seqs)
+            # Host work while the GPU runs the forward launched above: sampling is what waits for it.
+            grammar_mask = fill_mask([seq.grammar for seq in plain_seqs], self.model_config.vocab_size)
+            tokens, logprobs = sample(plain_logits, plain_seqs, grammar_mask)
+            for seq, token, logprob, raw in zip(plain_seqs, tokens, logprobs, raw_rows, strict=True):
+                if raw is not None:
+                    seq.generation_logits.append(raw)
+                outputs += self._append(seq, token, logprob)
+        beams = [row for row, seq in enumerate(seqs) if seq.params.beam_search]
+        if beams:
+            outputs += self._beam_rows(logits[torch.tensor(beams, device=logits.device)], [seqs[r] for r in beams])
         return outputs
+
+    @staticmethod
+    def _raw_rows(logits: torch.Tensor, seqs: list[Sequence]) -> list[torch.Tensor | None]:
+        """Raw logits rows (CPU) of the sequences that hand them back, taken before sampling masks them."""
+        if not any(seq.params.return_generation_logits for seq in seqs):
+            return [None] * len(seqs)
+        return [logits[row].float().cpu() if seq.params.return_generation_logits else None
+                for row, seq in enumerate(seqs)]
+
+    def _fork_choices(self, group: RequestGroup, parent: Sequence) -> list[Sequence]:
+        """The request's other choices, each continuing from the computed prompt of `parent`."""
+        group.forked = True
+        children = [self._fork(parent, index) for index in range(1, group.params.num_sequences)]
+        group.live.extend(children)
+        for child in children:
+            child.generator = make_generator(group.params, child.index, self.config.device)
+            if parent.grammar is not None:  # nothing is generated yet: each choice starts the grammar afresh
+                child.grammar = self.grammars(group.params.end_id).matcher(group.params.guide)
+        return children
+
+    def _fork(self, parent: Sequence, index: int) -> Sequence:
+        """A running copy of `parent` sharing its KV blocks; without a free block for the copy of the
+        partial last one, it waits to be recomputed (as after a preemption)."""
+        child = parent.fork(index)
+        if self.blocks.can_fork(parent, 1):
+            copy = self.blocks.fork(parent, child)
+            self.runner.copy_blocks([copy] if copy else [])
+            child.status = Status.RUNNING
+            self.scheduler.running.append(child)
+        else:
+            child.status = Status.WAITING
+            self.scheduler.waiting.appendleft(child)
+        return child
 
     # ---- pipelined greedy decoding (CUDA graphs)
 
@@ -233,29 +296,52 @@ class LLMEngine:
         for seq, token, logprob in zip(in_flight.seqs, tokens, logprobs, strict=True):
             if seq.status is Status.FINISHED:
                 continue  # aborted while its step ran, or stopped one step before this one
-            outputs.append(self._append(seq, token, logprob))
+            outputs += self._append(seq, token, logprob)
             if seq.status is not Status.FINISHED:
                 self.blocks.register_full_blocks(seq)
         return outputs
 
-    def _append(self, seq: Sequence, token: int, logprob: float) -> StepOutput:
+    def _append(self, seq: Sequence, token: int, logprob: float) -> list[StepOutput]:
         params = seq.params
         new_ids, new_logprobs = [token], [logprob]
+        seq.cum_logprob += logprob  # an ending token's too: it is part of the choice's probability
         if seq.grammar is not None and (seq.grammar.is_stop(token) or not seq.grammar.accept(token)):
             # The grammar is complete (only stop tokens were allowed), or it cannot go on.
             new_ids, new_logprobs, reason = [], [], "stop"
+            seq.generation_logits[-1:] = []  # its row goes with the token
         elif token == params.effective_end_id:
             new_ids, new_logprobs, reason = [], [], "stop"
+            seq.generation_logits[-1:] = []
         else:
             seq.token_ids.append(token)
             seq.logprobs.append(logprob)
             reason = self._finish_reason(seq)
+        group = self.groups[seq.request_id]
         if reason is not None:
-            self.sequences.pop(seq.request_id, None)
             self.scheduler.remove(seq)
             seq.status, seq.finish_reason = Status.FINISHED, reason
-        return StepOutput(seq.request_id, new_ids, new_logprobs if params.return_logprobs else None,
-                          reason is not None, reason)
+            group.live.remove(seq)
+            group.done.append(seq)
+            if not group.live:
+                self.groups.pop(seq.request_id, None)
+        if group.buffered:
+            return self._chosen_outputs(group) if not group.live else []
+        logits, seq.generation_logits = self._stacked(seq.generation_logits), []
+        return [StepOutput(seq.request_id, new_ids, new_logprobs if params.return_logprobs else None,
+                           not group.live, reason, seq.index, seq.cum_logprob, logits, group.take_context())]
+
+    @staticmethod
+    def _stacked(rows: list[torch.Tensor]) -> torch.Tensor | None:
+        return torch.stack(rows) if rows else None
+
+    def _chosen_outputs(self, group: RequestGroup) -> list[StepOutput]:
+        """best_of's end: its best n choices, whole, renumbered from 0."""
+        chosen = group.chosen()
+        return [StepOutput(group.request_id, seq.output_token_ids,
+                           seq.logprobs if seq.params.return_logprobs else None, index == len(chosen) - 1,
+                           seq.finish_reason, index, seq.cum_logprob, self._stacked(seq.generation_logits),
+                           group.take_context() if index == 0 else None)
+                for index, seq in enumerate(chosen)]
 
     def _finish_reason(self, seq: Sequence) -> str | None:
         output = seq.output_token_ids
@@ -269,17 +355,23 @@ class LLMEngine:
     # ---- offline use
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
+        """The first choice's tokens of each prompt."""
+        return [output.choices[0].token_ids for output in self.generate_outputs(prompts, params)]
+
+    def generate_outputs(self, prompts: list[list[int]],
+                         params: SamplingParams | list[SamplingParams]) -> list[RequestOutput]:
+        """Every choice of each prompt, with logprobs and logits rows as asked."""
         params_list = params if isinstance(params, list) else [params] * len(prompts)
         if len(params_list) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params_list)} sampling parameters")
         for prompt, p in zip(prompts, params_list, strict=True):
             self._check(prompt, p)  # all or nothing: no request is left behind by a later bad one
         ids = [f"offline-{index}-{id(prompts)}" for index in range(len(prompts))]
-        results: dict[str, list[int]] = {rid: [] for rid in ids}
+        results = {rid: RequestOutput(rid) for rid in ids}
         for rid, prompt, p in zip(ids, prompts, params_list, strict=True):
             self.add_request(rid, prompt, p)
         while self.has_unfinished():
             for output in self.step():
                 if output.request_id in results:
-                    results[output.request_id].extend(output.new_token_ids)
+                    results[output.request_id].add(output)
         return [results[rid] for rid in ids]

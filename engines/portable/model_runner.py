@@ -107,12 +107,33 @@ class ModelRunner:
 
     def run(self, scheduled: list[tuple[Sequence, int]], sample_rows: list[int]) -> torch.Tensor:
         """Logits [len(sample_rows), vocab] at the last new token of the scheduled entries listed."""
-        if self.graph_decode(scheduled, sample_rows):
-            return self.graphs.logits_of(self.launch_decode([seq for seq, _ in scheduled]))
+        return self.run_with_context(scheduled, sample_rows, [])[0]
+
+    def run_with_context(self, scheduled: list[tuple[Sequence, int]], sample_rows: list[int],
+                         context_rows: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """As `run`, and for the scheduled entries in `context_rows` the logits at every new token
+        (float32 on the CPU): the prompt's own logits, which prompt logprobs are computed from."""
+        if not context_rows and self.graph_decode(scheduled, sample_rows):
+            return self.graphs.logits_of(self.launch_decode([seq for seq, _ in scheduled])), {}
         input_ids, positions, meta, last_token = self._prepare(scheduled)
         hidden = self.model.forward(input_ids, positions, meta, self.kv_caches)
         rows = last_token[torch.tensor(sample_rows, dtype=torch.long, device=self.device)]
-        return self.model.logits(hidden[rows])
+        context = {}
+        for index in context_rows:
+            count = scheduled[index][1]
+            end = int(last_token[index]) + 1
+            context[index] = self.model.logits(hidden[end - count:end]).float().cpu()
+        return self.model.logits(hidden[rows]), context
+
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy whole KV blocks (source, destination) in every layer: a forked sequence's partial block."""
+        if not pairs:
+            return
+        source = torch.tensor([s for s, _ in pairs], device=self.device)
+        destination = torch.tensor([d for _, d in pairs], device=self.device)
+        for key_cache, value_cache in self.kv_caches:
+            key_cache[destination] = key_cache[source]
+            value_cache[destination] = value_cache[source]
 
 
 def _kernels_available() -> bool:

@@ -48,6 +48,21 @@ def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
     return logits
 
 
+def apply_logit_bias(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    """OpenAI's logit_bias (TensorRT-LLM's embedding_bias): a per-token amount added to the raw logits
+    before anything else, so penalties, temperature and the filters all see the biased values."""
+    if not any(seq.params.logit_bias for seq in seqs):
+        return logits
+    rows, ids, values = [], [], []
+    for row, seq in enumerate(seqs):
+        for token, value in seq.params.logit_bias.items():
+            rows.append(row), ids.append(token), values.append(value)
+    bias = torch.zeros_like(logits)
+    index = (torch.tensor(rows, device=logits.device), torch.tensor(ids, device=logits.device))
+    bias.index_put_(index, torch.tensor(values, dtype=logits.dtype, device=logits.device))
+    return logits + bias
+
+
 def _ending_tokens(seq: Sequence) -> list[int]:
     """Tokens that would end `seq` if sampled now: its end id, and the last token of every stop
     sequence whose other tokens already end the output."""
@@ -98,10 +113,12 @@ def _exponential_noise(seqs: list[Sequence], shape: tuple[int, int], device: tor
 
 def argmax_is_next(seq: Sequence, pending: int = 0) -> bool:
     """Whether the argmax of the raw logits is this sequence's next token, with `pending` tokens of it
-    not appended yet: greedy, no penalties, no grammar, and min_length reached (so nothing is masked)."""
+    not appended yet: greedy, no penalties or bias, no grammar, min_length reached (so nothing is masked),
+    one sequence (beams choose among several), and no logits rows to hand back."""
     p = seq.params
     return (seq.grammar is None and p.greedy and p.repetition_penalty == 1.0 and p.presence_penalty == 0
-            and p.frequency_penalty == 0 and seq.num_output_tokens + pending >= p.min_length)
+            and p.frequency_penalty == 0 and seq.num_output_tokens + pending >= p.min_length
+            and not p.logit_bias and not p.beam_search and not p.return_generation_logits)
 
 
 @torch.inference_mode()  # the masks write into the logits, which may be a CUDA graph's (inference) output
@@ -116,7 +133,7 @@ def sample(logits: torch.Tensor, seqs: list[Sequence],
         both = torch.stack((chosen.double(), logprob.double())).cpu()
         return both[0].long().tolist(), both[1].tolist()
     logprobs = logits.log_softmax(dim=-1)
-    logits = apply_mask(apply_min_length(apply_penalties(logits, seqs), seqs), grammar_mask)
+    logits = apply_mask(apply_min_length(apply_penalties(apply_logit_bias(logits, seqs), seqs), seqs), grammar_mask)
     chosen = logits.argmax(dim=-1)
     sampled_rows = [row for row, seq in enumerate(seqs) if not seq.params.greedy]
     if sampled_rows:

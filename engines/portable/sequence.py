@@ -30,6 +30,14 @@ class Sequence:
     generator: torch.Generator | None = None
     finish_reason: str | None = None
     grammar: GrammarState | None = None  # constrained decoding: where the request is in its grammar
+    index: int = 0  # which choice (or beam) of its request
+    cum_logprob: float = 0.0  # of the output under the raw distribution; beams: under the searched one
+    generation_logits: list[torch.Tensor] = field(default_factory=list)  # one raw row per sampled token, not sent yet
+
+    def fork(self, index: int) -> "Sequence":
+        """A new choice continuing from this one's tokens; the caller gives it KV blocks and a generator."""
+        return Sequence(self.request_id, list(self.token_ids), self.num_prompt_tokens, self.params,
+                        status=self.status, logprobs=list(self.logprobs), index=index, cum_logprob=self.cum_logprob)
 
     @property
     def num_tokens(self) -> int:

@@ -70,7 +70,7 @@ def test_prefix_reuse_skips_the_shared_blocks(make_engine):
     engine.generate([shared + [11, 12, 13]], greedy(4))
     engine.add_request("b", shared + [21, 22], greedy(4))
     engine._drain_inbox()
-    seq = engine.sequences["b"]
+    seq = engine.groups["b"].live[0]
     assert engine.blocks.reuse_prefix(seq) == 40  # five full blocks of the shared 40 tokens
     engine.blocks.free_sequence(seq)
 
