@@ -11,6 +11,11 @@ PY := $(VENV)/bin/python
 SERVE_STAMP := $(VENV)/.installed-serve
 TEST_STAMP := $(VENV)/.installed
 
+# A clear word instead of pip's "requires a different Python" minutes later.
+NEW_VENV = { $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+	|| { echo "error: Python 3.11 or later is needed ($(PYTHON) is not); install python3.11 or run \
+make serve PYTHON=/path/to/python3.11" >&2; exit 1; }; } && $(PYTHON) -m venv $(VENV)
+
 ifeq ($(INSTALL),1)
 SERVE_DEPS := $(SERVE_STAMP)
 TEST_DEPS := $(TEST_STAMP)
@@ -19,14 +24,14 @@ endif
 .PHONY: venv serve test lint clean
 
 $(SERVE_STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || $(NEW_VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .
 	@touch $(SERVE_STAMP)
 
 # '.[test]' holds every runtime dependency too: a test environment serves as well.
 $(TEST_STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || $(NEW_VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(TEST_STAMP) $(SERVE_STAMP)
