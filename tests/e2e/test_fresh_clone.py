@@ -72,7 +72,10 @@ def test_make_serve_in_a_fresh_clone_answers_the_readme_examples(clone, tmp_path
         text = wait_for(r"gateway on http://127\.0\.0\.1:\d+/v1.*\n.*curl .*\n.*stop with Ctrl\+C", log_path, process)
         # "gateway on" comes only once the gateway answers.
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
-        assert text.index("Triton: ready") < text.index("gateway on")
+        stages = [text.find(line) for line in ("Triton ...", "Triton: model loading: tensorrt_llm", "Triton: ready",
+                                               "Triton: done in", "starting the gateway", "gateway on")]
+        assert -1 not in stages and stages == sorted(stages), (stages, text[-4000:])
+        assert text.count("gateway on ") == 1
         printed_curl = re.search(r"curl -s \S+/v1/chat/completions .*", text).group(0)
         outputs = [run(["bash", "-c", printed_curl])]
         for code in blocks["bash"]:
