@@ -91,8 +91,8 @@ def test_make_serve_in_a_fresh_clone_answers_the_readme_examples(clone, tmp_path
     curl_output = "".join(outputs[1:1 + len(blocks["bash"])])
     assert '"object":"chat.completion"' in curl_output.replace(" ", ""), curl_output
     assert "data: [DONE]" in curl_output, "the streamed example streams"
-    python_output = "".join(outputs[1 + len(blocks["bash"]):])
-    assert "CompletionUsage(" in python_output and "completion_tokens=" in python_output, python_output
+    for output in outputs[1 + len(blocks["bash"]):]:
+        assert output.strip(), "each openai example prints the model's answer"
     left = subprocess.run(["pgrep", "-f", str(clone)], capture_output=True, text=True).stdout.split()
     assert left == [], f"processes of the stack outlived make serve: {left}"
 
