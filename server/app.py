@@ -31,6 +31,7 @@ class ServedModel:
     created: int
     aliases: tuple[str, ...] = ()
     fingerprint: str | None = None  # system_fingerprint: changes when the artifact or the server changes
+    engine: str = "portable"  # the artifact's target: "portable" or "trtllm" (what constrained decoding can use)
 
     def answers_to(self, name: str) -> bool:
         return name == self.name or name in self.aliases
@@ -52,7 +53,7 @@ def load_model(settings: Settings) -> tuple[ServedModel, Tokenizer]:
     tokenizer = Tokenizer(settings.artifact_dir / manifest.tokenizer_dir)
     max_model_len = settings.max_model_len or manifest.max_model_len
     model = ServedModel(settings.served_model_name or manifest.model_name, max_model_len, int(time.time()),
-                        settings.model_aliases, system_fingerprint(manifest))
+                        settings.model_aliases, system_fingerprint(manifest), manifest.target)
     return model, tokenizer
 
 

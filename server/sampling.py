@@ -9,8 +9,6 @@ from server.tokenizer import Tokenizer
 
 UNSUPPORTED = {
     "logit_bias": "logit_bias is not supported by this server",
-    "tools": "tool calling is not supported by this server",
-    "response_format": "response_format is not supported by this server",
 }
 
 

@@ -20,11 +20,18 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=True))
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    @property
+    def chat_template(self) -> str | None:
+        template = getattr(self._tok, "chat_template", None)
+        return template if isinstance(template, str) else None
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            tools: list[dict] | None = None) -> list[int]:
         if not self.has_chat_template:
             raise bad_request("This model has no chat template; use /v1/completions.", "messages")
         try:
-            text = self._tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+            text = self._tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False,
+                                                 tools=tools)
         except Exception as exc:  # jinja raises its own errors, e.g. raise_exception() in templates
             raise bad_request(f"The chat template rejected these messages: {exc}", "messages") from exc
         return list(self._tok.encode(text, add_special_tokens=False))

@@ -12,6 +12,7 @@ from server.errors import APIError, bad_request
 from server.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage, new_id
 from server.runner import GenerationRun, unless_disconnected
 from server.sampling import check_model, check_supported, output_budget, plan_generation
+from server.structured_outputs import apply_guide, check_engine_supports, request_fields_guide
 from server.tokenizer import Tokenizer
 
 router = APIRouter()
@@ -57,6 +58,10 @@ async def completions(body: CompletionRequest, request: Request):
         raise bad_request("Only best_of=1 is supported.", "best_of", "unsupported_parameter")
     if body.logprobs is not None and body.logprobs > 1:
         raise bad_request("logprobs above 1 are not supported.", "logprobs", "unsupported_parameter")
+    if body.tools:
+        raise bad_request("tools are for /v1/chat/completions.", "tools", "unsupported_parameter")
+    guide = request_fields_guide(body)
+    check_engine_supports(guide, state.model.engine)
     prompts = prompts_of(body, state.tokenizer)
     if body.stream and len(prompts) > 1:
         raise bad_request("Streaming takes one prompt per request.", "prompt")
@@ -65,6 +70,7 @@ async def completions(body: CompletionRequest, request: Request):
         max_tokens = output_budget(body.max_tokens if body.max_tokens is not None else 16, len(ids),
                                    state.model.max_model_len, "prompt")
         plan = plan_generation(body, ids, state.tokenizer, max_tokens, return_log_probs=body.logprobs is not None)
+        apply_guide(plan, guide)
         runs.append(GenerationRun(request, plan, len(ids)))
     if body.stream:
         await unless_disconnected(request, runs[0].start())
