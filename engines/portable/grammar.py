@@ -10,6 +10,7 @@ stop tokens are allowed, so the request ends with its end id.
 """
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -162,9 +163,18 @@ def fill_mask(states: list[GrammarState | None], vocab_size: int) -> GrammarMask
     import xgrammar
 
     bitmask = xgrammar.allocate_token_bitmask(len(states), vocab_size)
-    for row in rows:
-        states[row].fill(bitmask, row)
+    if len(rows) == 1:
+        states[rows[0]].fill(bitmask, rows[0])
+    else:  # xgrammar's own thread pool fills the rows in parallel (it releases the GIL)
+        _batch_matcher().batch_fill_next_token_bitmask([states[row].matcher for row in rows], bitmask, indices=rows)
     return GrammarMask(rows, bitmask)
+
+
+@functools.cache
+def _batch_matcher():
+    import xgrammar
+
+    return xgrammar.BatchGrammarMatcher(max_threads="auto")
 
 
 def apply_mask(logits: torch.Tensor, mask: GrammarMask | None) -> torch.Tensor:

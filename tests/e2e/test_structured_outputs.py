@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 import jsonschema
@@ -159,3 +160,13 @@ def test_text_response_format_is_plain_text(client, ingot_stack):
     reply = client.chat.completions.create(model=ingot_stack.model, messages=MESSAGES, max_tokens=5, temperature=0,
                                            response_format={"type": "text"})
     assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_readme_example_works_as_written(ingot_stack, capsys):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Structured outputs and tools", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("http://127.0.0.1:8000", ingot_stack.base_url).replace("ingot-demo-key", ingot_stack.api_key)
+    exec(compile(code, "README.md", "exec", dont_inherit=True), {"__name__": "readme_example"})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("name=") and lines[1].startswith("tool_calls GetWeather city=")
