@@ -1,5 +1,5 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
-DEMO ?= llama
+DEMO ?=
 PORT ?= 8000
 VENV ?= .venv
 # INSTALL=0: use $(VENV) as it is, without installing or refreshing anything (an environment you manage).
@@ -39,7 +39,7 @@ $(TEST_STAMP): pyproject.toml
 venv: $(SERVE_DEPS)
 
 serve: $(SERVE_DEPS)
-	$(PY) -m server.cli serve --demo $(DEMO) --port $(PORT)
+	$(PY) -m server.cli serve $(if $(DEMO),--demo $(DEMO)) --port $(PORT)
 
 test: $(TEST_DEPS)
 	$(PY) -m pytest -q

@@ -23,6 +23,7 @@ from engines import artifacts
 from engines.checkpoint import CheckpointError, CheckpointReport, has_weights, validate_checkpoint
 from engines.embedding import EmbeddingModelError
 from engines.embedding_artifact import add_embedding_model
+from engines.gguf import convert_gguf, is_gguf
 from engines.plan import BuildPaths, Plan, PlanError, gb, make_plan
 from engines.progress import Reporter
 from engines.profiles import BuildProfile, ProfileError, get_profile
@@ -194,15 +195,17 @@ def _build(options: BuildOptions, console: Console, stdout: Console, scratch: Pa
     steps("validate checkpoint")
     config_only = options.dry_run and checkpoint.is_dir() and not has_weights(checkpoint)
     report = validate_checkpoint(checkpoint, config_only=config_only)
-    model_name = options.model_name or checkpoint.name
+    model_name = options.model_name or (checkpoint.stem if is_gguf(checkpoint) else checkpoint.name)
     profile = resolve_profile(options, report)
 
     staging = scratch / "artifact" if artifacts.is_s3_url(options.out or "") else None
     artifact_dir = staging or Path(options.out or "<out>")
     # The TensorRT-LLM checkpoint is as large as the model: keep it beside the artifact, not in /tmp.
     work_dir = Path(options.work_dir) if options.work_dir else artifact_dir.parent / f"{artifact_dir.name}.work"
+    # Both targets read Hugging Face checkpoints: a GGUF file is converted into one first.
+    hf_checkpoint = work_dir / "hf_checkpoint" if is_gguf(checkpoint) else checkpoint
     paths = BuildPaths(
-        checkpoint_dir=str(checkpoint),
+        checkpoint_dir=str(hf_checkpoint),
         trtllm_checkpoint_dir=str(work_dir / "tllm_checkpoint"),
         engine_dir=str(ArtifactPaths(artifact_dir).model_dir / "1"),
         examples_dir=options.examples_dir or default_examples_dir(),
@@ -219,6 +222,9 @@ def _build(options: BuildOptions, console: Console, stdout: Console, scratch: Pa
         return EXIT_OK
     steps.progress.start()
 
+    if hf_checkpoint != checkpoint:
+        steps("convert GGUF to a Hugging Face checkpoint")
+        checkpoint = convert_gguf(checkpoint, hf_checkpoint)
     if options.target == "portable":
         steps("portable repository")
         settings = PortableSettings(max_batch_size=profile.max_batch_size)

@@ -79,9 +79,14 @@ def parse_model_config(data: dict, source: str = "config.json") -> ModelConfig:
     if heads % kv_heads:
         problems.append(f"{source}: field 'num_key_value_heads' {kv_heads} does not divide "
                         f"'num_attention_heads' {heads}")
-    dtype = data.get("torch_dtype") or "float16"
+    # transformers 5 writes `dtype` and keeps rope settings under `rope_parameters`; 4.x wrote
+    # `torch_dtype` and a top-level `rope_theta`. Read both.
+    dtype = data.get("dtype") or data.get("torch_dtype") or "float16"
+    rope = data.get("rope_parameters") if isinstance(data.get("rope_parameters"), dict) else {}
     if dtype not in FLOAT_DTYPES.values():
-        problems.append(f"{source}: field 'torch_dtype' is {dtype!r}; expected one of {sorted(FLOAT_DTYPES.values())}")
+        field_name = "dtype" if data.get("dtype") else "torch_dtype"
+        problems.append(f"{source}: field {field_name!r} is {dtype!r}; expected one of "
+                        f"{sorted(FLOAT_DTYPES.values())}")
     if problems:
         raise CheckpointError(source, problems)
     return ModelConfig(
@@ -99,7 +104,7 @@ def parse_model_config(data: dict, source: str = "config.json") -> ModelConfig:
         mlp_bias=bool(data.get("mlp_bias", False)),
         torch_dtype=dtype,
         sliding_window=data.get("sliding_window"),
-        rope_theta=float(data.get("rope_theta", 10000.0)),
+        rope_theta=float(data.get("rope_theta") or rope.get("rope_theta") or 10000.0),
     )
 
 
@@ -324,8 +329,12 @@ def validate_checkpoint(directory: Path, config_only: bool = False) -> Checkpoin
     `config_only` checks config.json alone: enough to plan a published model without its weights.
     """
     directory = Path(directory)
+    if directory.is_file() and directory.suffix.lower() == ".gguf":
+        from engines.gguf import validate_gguf
+
+        return validate_gguf(directory)
     if not directory.is_dir():
-        raise CheckpointError(directory, ["not a directory"])
+        raise CheckpointError(directory, ["not a directory (nor a .gguf file)"])
     config = load_model_config(directory)
     if config_only:
         return CheckpointReport(str(directory), config, parameter_count(config), None)

@@ -25,7 +25,8 @@ from engines.progress import Reporter
 
 
 def _add_build_arguments(parser: argparse.ArgumentParser, dry_run_default: bool) -> None:
-    parser.add_argument("--checkpoint", required=True, help="Hugging Face checkpoint: a directory or s3://bucket/prefix")
+    parser.add_argument("--checkpoint", required=True,
+                        help="Hugging Face checkpoint (a directory or s3://bucket/prefix) or a .gguf file")
     parser.add_argument("--profile", required=True, choices=sorted(PROFILES))
     parser.add_argument("--target", choices=TARGETS, default="trtllm")
     parser.add_argument("--out", help="artifact directory or s3://bucket/prefix")
@@ -57,7 +58,8 @@ def make_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_build_arguments(commands.add_parser("build", help="build an engine artifact"), False)
     _add_build_arguments(commands.add_parser("plan", help="validate and plan only (build --dry-run)"), True)
-    validate = commands.add_parser("validate", help="check a checkpoint: config, weights' headers, tokenizer")
+    validate = commands.add_parser("validate", help="check a checkpoint (directory or .gguf): config, weights' "
+                                                   "headers, tokenizer")
     validate.add_argument("checkpoint")
     validate.add_argument("--json", dest="json_output", action="store_true")
     push = commands.add_parser("push", help="upload an artifact directory to S3 (skips unchanged files)")

@@ -11,6 +11,7 @@ An artifact directory is what the build writes and what S3 stores:
 """
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,15 @@ class PortableSettings:
         }
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the file system allows (weights are never modified in place), else a copy."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def write_portable_repository(checkpoint_dir: Path, artifact_dir: Path, settings: PortableSettings) -> ArtifactPaths:
     """Model repository for the portable engine: the Python backend plus the checkpoint's weights."""
     checkpoint_dir, paths = Path(checkpoint_dir), ArtifactPaths(Path(artifact_dir))
@@ -176,7 +186,7 @@ def write_portable_repository(checkpoint_dir: Path, artifact_dir: Path, settings
     weights_dir.mkdir(parents=True, exist_ok=True)
     for source in sorted(checkpoint_dir.iterdir()):
         if source.suffix in (".safetensors", ".json") and source.is_file():
-            shutil.copy2(source, weights_dir / source.name)
+            _link_or_copy(source, weights_dir / source.name)
     (version_dir / "model.py").write_text(PORTABLE_MODEL_SHIM)
     config = render_config_pbtxt("python", settings.parameters(), max_batch_size=settings.max_batch_size)
     parse_config_pbtxt(config)

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run Triton (portable engine) and the gateway together, on CPU or GPU")
     source = serve.add_mutually_exclusive_group()
     source.add_argument("--demo", choices=["llama", "mistral"], default=None, help="serve a built-in demo model")
-    source.add_argument("--checkpoint", default=None, help="Hugging Face checkpoint directory to serve")
+    source.add_argument("--checkpoint", default=None, help="Hugging Face checkpoint directory or .gguf file to serve")
     source.add_argument("--artifact", default=None, help="an artifact built with `ingot build --target portable`")
     serve.add_argument("--work-dir", default=".cache/serve", help="where artifacts and logs go")
     serve.add_argument("--triton-grpc-port", type=int, default=0, help="0: a free port")

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from engines.gguf import convert_gguf_once, is_gguf
 from engines.manifest import read_manifest
 from engines.progress import Reporter
 from engines.repository import PortableSettings
@@ -31,12 +32,19 @@ def prepare_artifact(args, work_dir: Path, reporter: Reporter) -> Path:
             raise ValueError("--embedding-model goes into an artifact when it is built: "
                              "`ingot build ... --embedding-model NAME`")
         return Path(args.artifact)
-    if args.checkpoint:
+    if not args.checkpoint and not args.demo:
+        from engines.default_model import ensure_default_model
+
+        return ensure_default_model().artifact
+    if args.checkpoint and is_gguf(args.checkpoint):
+        name = Path(args.checkpoint).stem
+        checkpoint = convert_gguf_once(Path(args.checkpoint), work_dir / "checkpoints")
+    elif args.checkpoint:
         checkpoint, name = Path(args.checkpoint), Path(args.checkpoint).name
     else:
         from engines.demo import make_demo_checkpoint
 
-        kind = args.demo or "llama"
+        kind = args.demo
         name = f"demo-{kind}"
         with reporter.step(f"making the demo checkpoint {name}"):
             checkpoint = make_demo_checkpoint(kind, work_dir / "checkpoints" / name)

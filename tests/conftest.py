@@ -14,9 +14,12 @@ import pytest
 from engines.repository import PortableSettings
 from engines.targets.portable import build_portable
 from engines.triton.launcher import TritonServer, free_port, start_triton
-from tests import demo_fixtures
+from tests import demo_fixtures, real_model_fixtures
 
 demo_checkpoints = demo_fixtures.demo_checkpoints
+real_model = real_model_fixtures.real_model
+real_model_artifact = real_model_fixtures.real_model_artifact
+real_model_stack = real_model_fixtures.real_model_stack
 ROOT = Path(__file__).resolve().parents[1]
 TEST_API_KEY = "sk-ingot-test-key"
 TEST_SETTINGS = PortableSettings(kv_cache_memory_bytes=32 << 20, max_num_seqs=32, max_num_batched_tokens=512)

@@ -175,3 +175,18 @@ def test_cli_trtllm_target_stops_after_plan_without_tensorrt_llm(llama, tmp_path
     assert result.returncode == 3
     assert "tensorrt_llm is not importable here" in result.stderr
     assert "convert_checkpoint.py" in result.stderr  # the plan was printed first
+
+
+def test_transformers_5_config_keys(llama):
+    # transformers 5 writes `dtype` and nests rope settings under `rope_parameters`
+    config = json.loads((llama / "config.json").read_text())
+    config.pop("torch_dtype", None)
+    config.pop("rope_theta", None)
+    config.update(dtype="bfloat16", rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
+    (llama / "config.json").write_text(json.dumps(config))
+    report = validate_checkpoint(llama)
+    assert report.config.rope_theta == 100000.0 and report.config.torch_dtype == "bfloat16"
+    config["dtype"] = "int8"
+    (llama / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="field 'dtype' is 'int8'"):
+        validate_checkpoint(llama)
