@@ -1,8 +1,9 @@
 """The servers a benchmark talks to and the three request shapes they speak.
 
 A target has an API (`chat`: /v1/chat/completions, `completions`: /v1/completions, `tgi`: TGI's native
-/generate_stream) and a server kind (`ingot`, `vllm`, `tgi`, `openai`) that decides which extensions it
-understands: only ingot and vLLM get `ignore_eos`, which forces every answer to `max_tokens`.
+/generate_stream) and a server kind (`ingot`, `vllm`, `tgi`, `openai`, `llamacpp`) that decides which extensions
+it understands: only ingot and vLLM get `ignore_eos`, which forces every answer to `max_tokens` (llama.cpp
+gets `min_tokens` for that, with `min-tokens=1`, and `repeat_penalty` 1.0).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass, replace
 from benchmarks.workload import BenchRequest
 
 APIS = ("chat", "completions", "tgi")
-SERVERS = ("ingot", "vllm", "tgi", "openai")
+SERVERS = ("ingot", "vllm", "tgi", "openai", "llamacpp")
 IGNORE_EOS_SERVERS = ("ingot", "vllm")
 
 
@@ -51,6 +52,10 @@ class Target:
             body["min_tokens"] = request.max_tokens
         if self.temperature is not None:
             body["temperature"] = self.temperature
+        if self.server == "llamacpp":
+            # llama-cpp-python's server applies repeat_penalty 1.1 unless told otherwise, even at
+            # temperature 0: the comparison must decode like the other targets.
+            body["repeat_penalty"] = 1.0
         return body
 
 

@@ -91,3 +91,12 @@ def test_temperature_is_sent_only_when_asked():
     assert seen["json"]["temperature"] == 0.0
     _, seen = answer(sse(chunk("a"), "[DONE]"))
     assert "temperature" not in seen["json"]
+
+
+def test_llama_cpp_gets_no_repeat_penalty_and_min_tokens():
+    target = parse_target("url=http://h:4,server=llamacpp,min-tokens=1", Target("", "", temperature=0.0), 0)
+    _, seen = answer(sse(chunk("a"), "[DONE]"), target)
+    assert seen["json"]["repeat_penalty"] == 1.0 and seen["json"]["min_tokens"] == 3
+    assert seen["json"]["temperature"] == 0.0 and "ignore_eos" not in seen["json"]
+    _, seen = answer(sse(chunk("a"), "[DONE]"))
+    assert "repeat_penalty" not in seen["json"]
