@@ -65,7 +65,7 @@ class BlockManager:
         At least one token is always left to compute, since its logits are needed."""
         if not self.enable_prefix_caching or seq.block_table or seq.params.return_context_logits:
             return 0  # a request for the prompt's logits computes every position
-        previous = None
+        previous = seq.cache_salt
         max_blocks = (seq.num_tokens - 1) // self.block_size
         for index in range(max_blocks):
             tokens = seq.token_ids[index * self.block_size:(index + 1) * self.block_size]
@@ -89,7 +89,7 @@ class BlockManager:
         full = seq.num_computed_tokens // self.block_size
         while len(seq.block_hashes) < full:
             index = len(seq.block_hashes)
-            previous = seq.block_hashes[-1] if seq.block_hashes else None
+            previous = seq.block_hashes[-1] if seq.block_hashes else seq.cache_salt
             tokens = seq.token_ids[index * self.block_size:(index + 1) * self.block_size]
             current = block_hash(previous, tokens)
             block = seq.block_table[index]

@@ -92,6 +92,9 @@ class EngineConfig:
     cuda_graphs: bool = True  # capture decode steps on CUDA
     # with CUDA graphs: launch the next greedy decode step before reading this one's tokens
     pipeline_decode: bool = True
+    # LoRA: adapters held on the device at once (0: no adapters) and the largest rank they may have
+    max_loras: int = 0
+    max_lora_rank: int = 16
 
     def __post_init__(self):
         if self.block_size <= 0 or self.max_num_seqs <= 0:
@@ -99,5 +102,7 @@ class EngineConfig:
         if self.num_kv_blocks is not None and self.num_kv_blocks <= 0:
             raise ValueError(f"num_kv_blocks must be positive (or None to size the pool from memory), "
                              f"got {self.num_kv_blocks}")
+        if self.max_loras < 0 or self.max_lora_rank <= 0:
+            raise ValueError("max_loras must be >= 0 and max_lora_rank positive")
         if self.max_num_batched_tokens <= 0:
             raise ValueError("max_num_batched_tokens must be positive")

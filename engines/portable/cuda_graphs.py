@@ -22,7 +22,7 @@ from engines.portable.attention import AttentionMetadata, GpuAttentionMetadata
 from engines.portable.model import CausalLM
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
-_FIELDS = 5  # ids, positions, slots, context lengths, source rows
+_FIELDS = 6  # ids, positions, slots, context lengths, source rows, LoRA slots
 
 
 @dataclass
@@ -53,9 +53,10 @@ class DecodeGraphs:
             host[2 * largest:3 * largest] = -1  # slots
             host[3 * largest:4 * largest] = 1  # context lengths
             host[4 * largest:5 * largest] = -1  # source rows
+            host[5 * largest:6 * largest] = -1  # LoRA slots: the base
         self.inputs.copy_(self.stagings[0])
         fields = self.inputs[:_FIELDS * largest].view(_FIELDS, largest)
-        self.input_ids, self.positions, self.slots, self.context_lens, self.source_rows = fields
+        self.input_ids, self.positions, self.slots, self.context_lens, self.source_rows, self.lora_slots = fields
         self.block_tables = self.inputs[_FIELDS * largest:].view(largest, max_blocks)
         # greedy choice of the last launch per row: token id (exact in fp32) and its log-probability;
         # rows first, so a batch's results are one contiguous block (a strided copy to the host
@@ -92,7 +93,8 @@ class DecodeGraphs:
         source = self.source_rows[:batch]
         previous = self.sampled[source.clamp(min=0).long(), 0].to(torch.int32)
         input_ids = torch.where(source >= 0, previous, self.input_ids[:batch])
-        hidden = self.model.forward(input_ids, self.positions[:batch], meta, self.kv_caches)
+        lora_slots = None if self.model.lora is None else self.lora_slots[:batch]
+        hidden = self.model.forward(input_ids, self.positions[:batch], meta, self.kv_caches, lora_slots)
         logits = self.model.logits(hidden)
         chosen = logits.argmax(dim=-1)
         self.sampled[:batch, 0].copy_(chosen)
@@ -103,9 +105,10 @@ class DecodeGraphs:
         return batch <= self.largest and max_blocks <= self.max_blocks
 
     def launch(self, input_ids: list[int], positions: list[int], slots: list[int], block_tables: list[list[int]],
-               source_rows: list[int] | None = None) -> Launch:
+               source_rows: list[int] | None = None, lora_slots: list[int] | None = None) -> Launch:
         """Replays the decode step for B sequences given as host-side lists. A row whose source row
-        is >= 0 takes its input token from that row of the previous launch's greedy choice."""
+        is >= 0 takes its input token from that row of the previous launch's greedy choice; `lora_slots`
+        gives each row's adapter slot (-1: the base)."""
         batch, largest = len(positions), self.largest
         bucket = next(b for b in self.buckets if b >= batch)
         buffer, self.next_buffer = self.next_buffer, 1 - self.next_buffer
@@ -119,6 +122,7 @@ class DecodeGraphs:
         host[3 * largest:3 * largest + batch] = np.asarray(positions, dtype=np.int32) + 1
         host[3 * largest + batch:3 * largest + bucket] = 1
         host[4 * largest:4 * largest + batch] = -1 if source_rows is None else source_rows
+        host[5 * largest:5 * largest + batch] = -1 if lora_slots is None else lora_slots
         tables = host[_FIELDS * largest:].reshape(largest, self.max_blocks)
         for row, table in enumerate(block_tables):
             tables[row, :len(table)] = table

@@ -23,6 +23,7 @@ from engines.portable.config import EngineConfig, ModelConfig
 from engines.portable.cuda_graphs import Launch
 from engines.portable.grammar import GrammarCache, fill_mask
 from engines.portable.loader import load_weights, torch_dtype
+from engines.portable.lora import LoraRegistry
 from engines.portable.model import CausalLM
 from engines.portable.model_runner import ModelRunner, kv_cache_blocks
 from engines.portable.beam_steps import BeamSteps
@@ -61,6 +62,11 @@ class LLMEngine(BeamSteps):
         self._grammars: GrammarCache | None = None
         self._grammar_lock = threading.Lock()
         self._matchers: dict[str, object] = {}  # request id -> its grammar state, until the request is queued
+        self.loras: LoraRegistry | None = None
+        if engine_config.max_loras:
+            self.loras = LoraRegistry(model_config, engine_config.max_loras, engine_config.max_lora_rank,
+                                      torch.device(engine_config.device), dtype)
+            model.lora = self.loras.slots
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | Path, config: EngineConfig | None = None) -> "LLMEngine":
@@ -81,8 +87,11 @@ class LLMEngine(BeamSteps):
 
     # ---- requests in (any thread)
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                    lora: str | None = None) -> None:
+        """Queue a request; `lora` names a loaded adapter (add_lora) to run it with, None for the base."""
         self._check(prompt_token_ids, params)
+        adapter = self._adapter(lora)
         # Compiled here, on the caller's thread, so that the step loop never waits on a compile.
         matcher = None if params.guide is None else self.grammars(params.end_id).matcher(params.guide)
         with self._lock:
@@ -91,7 +100,27 @@ class LLMEngine(BeamSteps):
                 raise ValueError(f"request id {request_id!r} is already in use")
             if matcher is not None:
                 self._matchers[request_id] = matcher
-            self._inbox.append((request_id, ([int(t) for t in prompt_token_ids], params)))
+            self._inbox.append((request_id, ([int(t) for t in prompt_token_ids], params, adapter)))
+
+    # ---- LoRA adapters (any thread)
+
+    def add_lora(self, name: str, path: str | Path) -> None:
+        """Load a PEFT adapter into host memory under `name` (replacing one of that name)."""
+        if self.loras is None:
+            raise ValueError("this engine serves no LoRA adapters: set max_loras above 0")
+        self.loras.add(name, path)
+
+    def remove_lora(self, name: str) -> None:
+        if self.loras is None:
+            raise ValueError("this engine serves no LoRA adapters")
+        self.loras.remove(name)
+
+    def _adapter(self, name: str | None):
+        if name is None:
+            return None
+        if self.loras is None:
+            raise ValueError(f"LoRA adapter {name!r} asked for, but this engine serves no adapters (max_loras=0)")
+        return self.loras.get(name)
 
     def grammars(self, end_id: int | None = None) -> GrammarCache:
         """The compiled-grammar cache, made on the first guided request (it loads the tokenizer)."""
@@ -149,8 +178,9 @@ class LLMEngine(BeamSteps):
                         seq.status, seq.finish_reason = Status.FINISHED, "abort"
                     aborted.append(StepOutput(request_id, [], None, True, "abort"))
                 continue
-            prompt, params = payload
+            prompt, params, adapter = payload
             group = RequestGroup.start(request_id, prompt, params, self.config.device)
+            group.live[0].lora = adapter
             with self._lock:
                 group.live[0].grammar = self._matchers.pop(request_id, None)
             self.groups[request_id] = group
@@ -171,6 +201,8 @@ class LLMEngine(BeamSteps):
         scheduled = self.scheduler.schedule()
         if not scheduled:
             return outputs
+        if self.loras is not None:
+            self._place_adapters([seq for seq, _ in scheduled])
         completing = [row for row, (seq, count) in enumerate(scheduled)
                       if seq.num_computed_tokens + count == seq.num_tokens]
         if self.pipelined and self.runner.graph_decode(scheduled, completing):
@@ -258,6 +290,18 @@ class LLMEngine(BeamSteps):
             child.status = Status.WAITING
             self.scheduler.waiting.appendleft(child)
         return child
+
+    def _place_adapters(self, seqs: list[Sequence]) -> None:
+        """Give each sequence of the step its adapter's device slot, loading adapters as needed (the
+        scheduler admits no more distinct adapters than there are slots)."""
+        slots = self.loras.slots
+        in_use: set[int] = set()
+        for seq in seqs:
+            if seq.lora is None:
+                seq.lora_slot = -1
+                continue
+            seq.lora_slot = slots.acquire(seq.lora, in_use)
+            in_use.add(seq.lora_slot)
 
     # ---- pipelined greedy decoding (CUDA graphs)
 
@@ -354,22 +398,26 @@ class LLMEngine(BeamSteps):
 
     # ---- offline use
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
-        """The first choice's tokens of each prompt."""
-        return [output.choices[0].token_ids for output in self.generate_outputs(prompts, params)]
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
+                 loras: list[str | None] | None = None) -> list[list[int]]:
+        """The first choice's tokens of each prompt; `loras` names each prompt's adapter (None: the base)."""
+        return [output.choices[0].token_ids for output in self.generate_outputs(prompts, params, loras)]
 
-    def generate_outputs(self, prompts: list[list[int]],
-                         params: SamplingParams | list[SamplingParams]) -> list[RequestOutput]:
+    def generate_outputs(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
+                         loras: list[str | None] | None = None) -> list[RequestOutput]:
         """Every choice of each prompt, with logprobs and logits rows as asked."""
         params_list = params if isinstance(params, list) else [params] * len(prompts)
-        if len(params_list) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(params_list)} sampling parameters")
-        for prompt, p in zip(prompts, params_list, strict=True):
+        loras = loras or [None] * len(prompts)
+        if not len(params_list) == len(loras) == len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(params_list)} sampling parameters and "
+                             f"{len(loras)} adapters")
+        for prompt, p, lora in zip(prompts, params_list, loras, strict=True):
             self._check(prompt, p)  # all or nothing: no request is left behind by a later bad one
+            self._adapter(lora)
         ids = [f"offline-{index}-{id(prompts)}" for index in range(len(prompts))]
         results = {rid: RequestOutput(rid) for rid in ids}
-        for rid, prompt, p in zip(ids, prompts, params_list, strict=True):
-            self.add_request(rid, prompt, p)
+        for rid, prompt, p, lora in zip(ids, prompts, params_list, loras, strict=True):
+            self.add_request(rid, prompt, p, lora)
         while self.has_unfinished():
             for output in self.step():
                 if output.request_id in results:

@@ -24,51 +24,66 @@ class CausalLM:
         self.scale = config.head_dim ** -0.5
         # the fused elementwise kernels (GPU, half precision): see engines.portable.kernels.fused
         self.fused = dtype in (torch.bfloat16, torch.float16)
+        self.lora = None  # engines.portable.lora.LoraSlots, set by the engine when it serves adapters
 
-    def _attention(self, layer: dict, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                   cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def _project(self, index: int, name: str, x: torch.Tensor, out: torch.Tensor,
+                 token_slots: torch.Tensor | None) -> torch.Tensor:
+        """A projection's output plus each token's LoRA correction (none for the base, slot -1)."""
+        if self.lora is None or token_slots is None:
+            return out
+        return out + self.lora.delta(index, name, x, token_slots)
+
+    def _attention(self, index: int, layer: dict, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                   cache: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor | None) -> torch.Tensor:
         cfg = self.config
-        q, k, v = F.linear(x, layer["qkv"]).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        qkv = self._project(index, "qkv", x, F.linear(x, layer["qkv"]), slots)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = self.rope(q.view(-1, cfg.num_heads, cfg.head_dim), positions)
         k = self.rope(k.view(-1, cfg.num_kv_heads, cfg.head_dim), positions)
         write_kv(cache[0], cache[1], k, v.view(-1, cfg.num_kv_heads, cfg.head_dim), meta)
-        out = paged_attention(q, cache[0], cache[1], meta, self.scale)
-        return F.linear(out.reshape(-1, self.q_size), layer["o"])
+        out = paged_attention(q, cache[0], cache[1], meta, self.scale).reshape(-1, self.q_size)
+        return self._project(index, "o", out, F.linear(out, layer["o"]), slots)
 
-    def _mlp(self, layer: dict, x: torch.Tensor) -> torch.Tensor:
-        gate, up = F.linear(x, layer["gate_up"]).chunk(2, dim=-1)
-        return F.linear(F.silu(gate) * up, layer["down"])
+    def _mlp(self, index: int, layer: dict, x: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+        gate, up = self._project(index, "gate_up", x, F.linear(x, layer["gate_up"]), slots).chunk(2, dim=-1)
+        act = F.silu(gate) * up
+        return self._project(index, "down", act, F.linear(act, layer["down"]), slots)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Hidden states [T, hidden] after the final norm."""
+                kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                lora_slots: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states [T, hidden] after the final norm; `lora_slots` [T]: each token's adapter slot or -1."""
         if meta.gpu is not None and self.fused:
-            return self._forward_fused(input_ids, positions, meta, kv_caches)
+            return self._forward_fused(input_ids, positions, meta, kv_caches, lora_slots)
         eps = self.config.rms_norm_eps
         hidden = F.embedding(input_ids, self.weights["embed"])
-        for layer, cache in zip(self.weights["layers"], kv_caches, strict=True):
-            hidden = hidden + self._attention(layer, rms_norm(hidden, layer["input_norm"], eps), positions, meta,
-                                              cache)
-            hidden = hidden + self._mlp(layer, rms_norm(hidden, layer["post_norm"], eps))
+        for index, (layer, cache) in enumerate(zip(self.weights["layers"], kv_caches, strict=True)):
+            hidden = hidden + self._attention(index, layer, rms_norm(hidden, layer["input_norm"], eps), positions,
+                                              meta, cache, lora_slots)
+            hidden = hidden + self._mlp(index, layer, rms_norm(hidden, layer["post_norm"], eps), lora_slots)
         return rms_norm(hidden, self.weights["norm"], eps)
 
     def _forward_fused(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                       kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+                       kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                       slots: torch.Tensor | None = None) -> torch.Tensor:
         """The same forward with the GPU kernels: the residual add rides in the next norm's kernel,
         rotary embedding in the K/V write, SiLU * up in one pass."""
         from engines.portable import kernels
 
-        cfg, eps, linear = self.config, self.config.rms_norm_eps, self._linear
+        cfg, eps = self.config, self.config.rms_norm_eps
         hidden, residual = F.embedding(input_ids, self.weights["embed"]), None
-        for layer, (k_cache, v_cache) in zip(self.weights["layers"], kv_caches, strict=True):
+        for index, (layer, (k_cache, v_cache)) in enumerate(zip(self.weights["layers"], kv_caches, strict=True)):
+            def linear(x: torch.Tensor, name: str) -> torch.Tensor:
+                return self._project(index, name, x, self._linear(x, layer[name]), slots)  # noqa: B023
+
             x, residual = kernels.add_rms_norm(hidden, residual, layer["input_norm"], eps)
-            q = kernels.rope_write_kv(linear(x, layer["qkv"]), positions, self.rope.cos, self.rope.sin,
+            q = kernels.rope_write_kv(linear(x, "qkv"), positions, self.rope.cos, self.rope.sin,
                                       k_cache, v_cache, meta.slot_mapping, cfg.num_heads, cfg.num_kv_heads)
             attention = paged_attention(q, k_cache, v_cache, meta, self.scale)
-            hidden = linear(attention.reshape(-1, self.q_size), layer["o"])
+            hidden = linear(attention.reshape(-1, self.q_size), "o")
             x, residual = kernels.add_rms_norm(hidden, residual, layer["post_norm"], eps)
-            hidden = linear(kernels.silu_mul(linear(x, layer["gate_up"])), layer["down"])
+            hidden = linear(kernels.silu_mul(linear(x, "gate_up")), "down")
         return kernels.add_rms_norm(hidden, residual, self.weights["norm"], eps)[0]
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -47,8 +47,9 @@ class ModelRunner:
 
     def _prepare(self, scheduled: list[tuple[Sequence, int]]):
         block_size = self.config.block_size
-        input_ids, positions, slots, token_seq, token_pos = [], [], [], [], []
+        input_ids, positions, slots, token_seq, token_pos, lora_slots = [], [], [], [], [], []
         for index, (seq, count) in enumerate(scheduled):
+            lora_slots.extend([seq.lora_slot] * count)
             start = seq.num_computed_tokens
             span = range(start, start + count)
             input_ids.extend(seq.token_ids[start:start + count])
@@ -76,7 +77,8 @@ class ModelRunner:
             sliding_window=self.model.config.sliding_window, gpu=gpu,
         )
         last_token = torch.tensor(query_lens).cumsum(0) - 1
-        return tensor(input_ids), tensor(positions), meta, last_token.to(self.device)
+        lora = tensor(lora_slots) if self.model.lora is not None else None
+        return tensor(input_ids), tensor(positions), meta, last_token.to(self.device), lora
 
     def graph_decode(self, scheduled: list[tuple[Sequence, int]], sample_rows: list[int]) -> bool:
         """Whether the step is one token per sequence, all sampled, and fits a captured graph."""
@@ -100,7 +102,8 @@ class ModelRunner:
             input_ids = [seq.token_ids[p] for seq, p in zip(seqs, positions, strict=True)]
         else:
             input_ids = [0] * len(seqs)  # every row reads the device
-        return self.graphs.launch(input_ids, positions, slots, [seq.block_table for seq in seqs], source_rows)
+        return self.graphs.launch(input_ids, positions, slots, [seq.block_table for seq in seqs], source_rows,
+                                  [seq.lora_slot for seq in seqs])
 
     def greedy(self, launch: Launch) -> tuple[list[int], list[float]]:
         return self.graphs.greedy(launch)
@@ -115,8 +118,8 @@ class ModelRunner:
         (float32 on the CPU): the prompt's own logits, which prompt logprobs are computed from."""
         if not context_rows and self.graph_decode(scheduled, sample_rows):
             return self.graphs.logits_of(self.launch_decode([seq for seq, _ in scheduled])), {}
-        input_ids, positions, meta, last_token = self._prepare(scheduled)
-        hidden = self.model.forward(input_ids, positions, meta, self.kv_caches)
+        input_ids, positions, meta, last_token, lora_slots = self._prepare(scheduled)
+        hidden = self.model.forward(input_ids, positions, meta, self.kv_caches, lora_slots)
         rows = last_token[torch.tensor(sample_rows, dtype=torch.long, device=self.device)]
         context = {}
         for index in context_rows:

@@ -87,8 +87,13 @@ class Scheduler:
                 scheduled.append((seq, count))
                 done.add(seq)
                 budget -= count
+        adapters = {id(seq.lora) for seq in self.running if seq.lora is not None}
         while self.waiting and budget > 0 and len(self.running) < max_running:
             seq = self.waiting[0]
+            if seq.lora is not None and id(seq.lora) not in adapters:
+                if len(adapters) >= self.config.max_loras:
+                    break  # its adapter needs a device slot that running sequences hold
+                adapters.add(id(seq.lora))
             count = self._admit(seq, budget)
             if count == 0:
                 break

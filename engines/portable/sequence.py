@@ -33,11 +33,19 @@ class Sequence:
     index: int = 0  # which choice (or beam) of its request
     cum_logprob: float = 0.0  # of the output under the raw distribution; beams: under the searched one
     generation_logits: list[torch.Tensor] = field(default_factory=list)  # one raw row per sampled token, not sent yet
+    lora: object | None = None  # engines.portable.lora.LoraAdapter, or None for the base model
+    lora_slot: int = -1  # its device slot during a step (-1: the base)
 
     def fork(self, index: int) -> "Sequence":
         """A new choice continuing from this one's tokens; the caller gives it KV blocks and a generator."""
         return Sequence(self.request_id, list(self.token_ids), self.num_prompt_tokens, self.params,
-                        status=self.status, logprobs=list(self.logprobs), index=index, cum_logprob=self.cum_logprob)
+                        status=self.status, logprobs=list(self.logprobs), index=index, cum_logprob=self.cum_logprob,
+                        lora=self.lora)
+
+    @property
+    def cache_salt(self) -> bytes | None:
+        """Seeds the prefix-cache hashes, so KV made under one adapter serves only that adapter."""
+        return None if self.lora is None else self.lora.cache_salt
 
     @property
     def num_tokens(self) -> int:
