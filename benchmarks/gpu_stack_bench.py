@@ -312,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="KV cache of each server (default 18 on cuda: 64 users x 522 tokens fit; 0.125 on cpu)")
     engine.add_argument("--max-num-seqs", type=int, default=64, help="portable engine: most sequences in a batch")
     engine.add_argument("--max-num-batched-tokens", type=int, default=None,
-                        help="portable engine: token budget of a step (default 8192 on cuda, 1024 on cpu)")
+                        help="portable engine: token budget of a step (default 2048 on cuda, 1024 on cpu: "
+                             "see benchmarks/README.md on time to first token)")
     engine.add_argument("--hf-block-size", type=int, default=64, help="transformers serve: KV block size in tokens")
     engine.add_argument("--no-hf-continuous-batching", dest="hf_continuous_batching", action="store_false",
                         help="serve transformers with sequential generate() instead of continuous batching")
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     on_cpu = args.device == "cpu"
     args.dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
     args.kv_cache_gib = args.kv_cache_gib if args.kv_cache_gib is not None else (0.125 if on_cpu else 18.0)
-    args.max_num_batched_tokens = args.max_num_batched_tokens or (1024 if on_cpu else 8192)
+    args.max_num_batched_tokens = args.max_num_batched_tokens or (1024 if on_cpu else 2048)
     args.served_model_name = args.served_model_name or f"{args.shape}-random"
     return run(args, argv)
 

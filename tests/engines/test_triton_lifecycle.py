@@ -13,7 +13,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from engines.triton.launcher import SHM_DIR, start_triton
+from engines.triton.launcher import SHM_DIR, TritonStartError, start_triton
 from engines.triton.processes import alive, cmdline
 from tests.engines.test_portable_model_triton import Stream, long_request
 
@@ -28,11 +28,25 @@ def leftovers(work_dir: Path) -> list[int]:
             if p.name.isdigit() and str(work_dir) in cmdline(int(p.name)) and alive(int(p.name))]
 
 
+def start_ready(model_repository: Path, work_dir: Path):
+    """A ready server; one more try if tritonserver aborts while starting (seen twice in 40 starts on a
+    machine at load 20: a gRPC epoll error, a Boost lock error), after checking that it left nothing."""
+    for attempt in range(2):
+        server = start_triton(model_repository, work_dir / f"try{attempt}")
+        try:
+            server.wait_ready(timeout=240)
+            return server
+        except TritonStartError:
+            server.stop()
+            assert server.processes() == [] and leftovers(work_dir) == []
+            if attempt:
+                raise
+
+
 def test_stop_after_cancellations_leaves_no_process_and_no_shared_memory(demo_artifact, tmp_path):
     for cycle in range(CYCLES):
         work_dir = tmp_path / f"cycle{cycle}"
-        server = start_triton(demo_artifact / "model_repository", work_dir)
-        server.wait_ready(timeout=240)
+        server = start_ready(demo_artifact / "model_repository", work_dir)
         cancelled = Stream(server.grpc_url, long_request(request_output_len=480))
         running = Stream(server.grpc_url, long_request(request_output_len=480))
         cancelled.next()
