@@ -12,6 +12,7 @@ Decoupled, with three threads besides Triton's:
 from __future__ import annotations
 
 import json
+import os
 import threading
 import traceback
 import uuid
@@ -39,6 +40,7 @@ class TritonPythonModel:
         self.logger = pb_utils.Logger
         self.engine = LLMEngine.from_checkpoint(checkpoint, engine_config_from_parameters(parameters))
         self.check_period = cancellation_check_period_s(parameters)
+        self.server_pid = os.getppid()  # tritonserver started this stub
         self.outbox = Outbox(self._send, self.logger.log_error)
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -130,6 +132,11 @@ class TritonPythonModel:
 
     def _watch(self) -> None:
         while not self.stopping.wait(self.check_period):
+            if os.getppid() != self.server_pid:
+                # tritonserver died without unloading the model (SIGKILL, a crash): the stub's own exit path
+                # then hangs and the stub (GPU memory and all) would live on, ignoring SIGTERM.
+                self.logger.log_error("portable engine: tritonserver is gone; the stub exits")
+                os._exit(1)
             try:
                 self._abort_cancelled()
                 self._update_gauges()

@@ -47,26 +47,33 @@ def test_stop_after_cancellations_leaves_no_process_and_no_shared_memory(demo_ar
     for cycle in range(CYCLES):
         work_dir = tmp_path / f"cycle{cycle}"
         server = start_ready(demo_artifact / "model_repository", work_dir)
-        cancelled = Stream(server.grpc_url, long_request(request_output_len=480))
-        running = Stream(server.grpc_url, long_request(request_output_len=480))
-        cancelled.next()
-        running.next()
-        cancelled.client.stop_stream(cancel_requests=True)
-        server.stop()  # with a request still generating
+        try:
+            cancelled = Stream(server.grpc_url, long_request(request_output_len=480))
+            running = Stream(server.grpc_url, long_request(request_output_len=480))
+            cancelled.next()
+            running.next()
+            cancelled.client.stop_stream(cancel_requests=True)
+        finally:
+            server.stop()  # with a request still generating
         assert server.process.returncode is not None
         assert leftovers(work_dir) == [], f"cycle {cycle}: processes outlived stop()"
         assert list(SHM_DIR.glob(f"{server.shm_prefix}*")) == []
 
 
-def test_a_stub_that_ignores_sigterm_is_killed(demo_artifact, tmp_path):
+def test_the_stub_of_a_killed_server_exits_by_itself(demo_artifact, tmp_path):
     server = start_triton(demo_artifact / "model_repository", tmp_path / "triton")
-    server.wait_ready(timeout=240)
-    stubs = [pid for pid in server.processes() if pid != server.process.pid]
-    assert stubs
-    os.kill(server.process.pid, signal.SIGKILL)  # a crash: the stub is orphaned, and it ignores SIGTERM
-    server.process.wait()
-    server.reap_group(grace=1.0)
-    assert not any(alive(pid) for pid in stubs)
+    try:
+        server.wait_ready(timeout=240)
+        stubs = [pid for pid in server.processes() if pid != server.process.pid]
+        assert stubs
+        os.kill(server.process.pid, signal.SIGKILL)  # a crash: the stub is orphaned, and it ignores SIGTERM
+        server.process.wait()
+        deadline = time.monotonic() + 30  # nobody reaps the group here: the model notices on its own
+        while any(alive(pid) for pid in stubs):
+            assert time.monotonic() < deadline, "the orphaned stub lives on"
+            time.sleep(0.1)
+    finally:
+        server.stop()
 
 
 def test_admin_apis_are_off_and_shared_memory_is_private(demo_artifact, tmp_path):
