@@ -35,10 +35,14 @@ def is_final(result) -> bool:
 class Stream:
     """One gRPC stream with one generation on it, its responses collected in a queue."""
 
-    def __init__(self, url: str, request: contract.GenerationRequest, request_id: str = ""):
+    def __init__(self, url: str, request: contract.GenerationRequest | None, request_id: str = ""):
         self.client = grpcclient.InferenceServerClient(url)
         self.responses: queue.Queue = queue.Queue()
         self.client.start_stream(callback=lambda result, error: self.responses.put((result, error)))
+        if request is not None:
+            self.send(request, request_id)
+
+    def send(self, request: contract.GenerationRequest, request_id: str = "") -> None:
         self.client.async_stream_infer(contract.MODEL_NAME, inputs(request), request_id=request_id,
                                        enable_empty_final_response=True)
 
@@ -91,10 +95,11 @@ def test_streamed_tokens_equal_one_final_response(server):
 
 
 def test_stop_tensor_ends_the_request_with_a_final_response(server):
+    stopper = Stream(server.grpc_url, None)  # connected beforehand: the stop leaves at once
     stream = Stream(server.grpc_url, long_request(request_output_len=480), request_id="to-stop")
     first = stream.next()
     assert not first.final
-    stopper = Stream(server.grpc_url, long_request(stop=True), request_id="to-stop")
+    stopper.send(long_request(stop=True), request_id="to-stop")
     assert stopper.until_final()[-1].final
     chunks = stream.until_final()
     assert sum(len(c.output_ids) for c in [first, *chunks]) < 480
