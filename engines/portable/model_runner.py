@@ -47,9 +47,8 @@ class ModelRunner:
 
     def _prepare(self, scheduled: list[tuple[Sequence, int]]):
         block_size = self.config.block_size
-        input_ids, positions, slots, token_seq, token_pos, lora_slots = [], [], [], [], [], []
+        input_ids, positions, slots, token_seq, token_pos = [], [], [], [], []
         for index, (seq, count) in enumerate(scheduled):
-            lora_slots.extend([seq.lora_slot] * count)
             start = seq.num_computed_tokens
             span = range(start, start + count)
             input_ids.extend(seq.token_ids[start:start + count])
@@ -77,7 +76,9 @@ class ModelRunner:
             sliding_window=self.model.config.sliding_window, gpu=gpu,
         )
         last_token = torch.tensor(query_lens).cumsum(0) - 1
-        lora = tensor(lora_slots) if self.model.lora is not None else None
+        lora = None
+        if self.model.lora is not None:
+            lora = tensor([seq.lora_slot for seq, count in scheduled for _ in range(count)])
         return tensor(input_ids), tensor(positions), meta, last_token.to(self.device), lora
 
     def graph_decode(self, scheduled: list[tuple[Sequence, int]], sample_rows: list[int]) -> bool:
@@ -103,7 +104,7 @@ class ModelRunner:
         else:
             input_ids = [0] * len(seqs)  # every row reads the device
         return self.graphs.launch(input_ids, positions, slots, [seq.block_table for seq in seqs], source_rows,
-                                  [seq.lora_slot for seq in seqs])
+                                  None if self.model.lora is None else [seq.lora_slot for seq in seqs])
 
     def greedy(self, launch: Launch) -> tuple[list[int], list[float]]:
         return self.graphs.greedy(launch)
