@@ -145,6 +145,10 @@ class GenerationChunk:
     output_ids: list[int]
     log_probs: list[float] | None = None
     final: bool = False
+    cum_log_prob: float | None = None  # of the whole sequence so far (beam search: its search score)
+    generation_logits: np.ndarray | None = None  # [tokens, vocab]: raw logits row of each new token
+    context_logits: np.ndarray | None = None  # [prompt_len, vocab]: the prompt's raw logits, on the first response
+    beams: list["GenerationChunk"] = field(default_factory=list)  # beam search: the beams after this one, best first
 
 
 def encode_stop_words(words: list[list[int]]) -> np.ndarray:
@@ -290,31 +294,71 @@ def _optional_int(value) -> int | None:
 
 
 def encode_chunk(chunk: GenerationChunk) -> dict[str, np.ndarray]:
-    """Response tensors for one request of beam width 1 ([batch, beam, tokens] as the real backend)."""
-    ids = np.array(chunk.output_ids, dtype=np.int32).reshape(1, 1, -1)
+    """Response tensors for one request, [batch, beam, tokens] as the real backend: beam search's final
+    response carries every beam, padded to the longest, `sequence_length` giving each one's length."""
+    beams = [chunk, *chunk.beams]
+    width = max(len(beam.output_ids) for beam in beams)
+    ids = np.zeros((1, len(beams), width), dtype=np.int32)
+    for row, beam in enumerate(beams):
+        ids[0, row, : len(beam.output_ids)] = beam.output_ids
     tensors = {
         "output_ids": ids,
-        "sequence_length": np.array([[len(chunk.output_ids)]], dtype=np.int32),
+        "sequence_length": np.array([[len(beam.output_ids) for beam in beams]], dtype=np.int32),
     }
     if chunk.log_probs is not None:
-        log_probs = np.array(chunk.log_probs, dtype=np.float32).reshape(1, 1, -1)
+        log_probs = np.zeros((1, len(beams), width), dtype=np.float32)
+        for row, beam in enumerate(beams):
+            log_probs[0, row, : len(beam.log_probs or [])] = beam.log_probs or []
         tensors["output_log_probs"] = log_probs
-        tensors["cum_log_probs"] = log_probs.sum(axis=-1, dtype=np.float32)
+        tensors["cum_log_probs"] = np.array(
+            [[sum(b.log_probs or []) if b.cum_log_prob is None else b.cum_log_prob for b in beams]], dtype=np.float32)
+    if chunk.generation_logits is not None:
+        tensors["generation_logits"] = np.asarray(chunk.generation_logits, dtype=np.float32)[None, None]
+    if chunk.context_logits is not None:
+        tensors["context_logits"] = np.asarray(chunk.context_logits, dtype=np.float32)[None]
     return tensors
 
 
 def decode_chunk(tensors: dict[str, np.ndarray | None], final: bool) -> GenerationChunk:
-    """The gateway side of `encode_chunk`; `sequence_length` bounds the valid ids of beam 0."""
+    """The gateway side of `encode_chunk`: beam 0, the other beams in `beams`; `sequence_length`
+    bounds each beam's valid ids."""
     ids = np.asarray(tensors["output_ids"])
-    ids = ids.reshape(-1, ids.shape[-1])[0] if ids.size else np.zeros(0, dtype=np.int32)
+    rows = ids.reshape(-1, ids.shape[-1]) if ids.size else np.zeros((1, 0), dtype=np.int32)
     length_array = tensors.get("sequence_length")
-    length = int(np.asarray(length_array).reshape(-1)[0]) if length_array is not None else ids.size
-    log_probs_array = tensors.get("output_log_probs")
-    log_probs = None
-    if log_probs_array is not None and np.asarray(log_probs_array).size:
-        flat = np.asarray(log_probs_array)
-        log_probs = [float(x) for x in flat.reshape(-1, flat.shape[-1])[0][:length]]
-    return GenerationChunk(output_ids=[int(t) for t in ids[:length]], log_probs=log_probs, final=final)
+    lengths = ([int(n) for n in np.asarray(length_array).reshape(-1)] if length_array is not None
+               else [rows.shape[1]] * rows.shape[0])
+    log_probs = _rows(tensors.get("output_log_probs"))
+    cum = tensors.get("cum_log_probs")
+    cum = None if cum is None or not np.asarray(cum).size else np.asarray(cum, dtype=np.float64).reshape(-1)
+    beams = []
+    for row, length in enumerate(lengths[: rows.shape[0]]):
+        beams.append(GenerationChunk(
+            output_ids=[int(t) for t in rows[row][:length]],
+            log_probs=None if log_probs is None else [float(x) for x in log_probs[row][:length]],
+            final=final,
+            cum_log_prob=None if cum is None or row >= cum.size else float(cum[row])))
+    first = beams[0] if beams else GenerationChunk([], final=final)
+    first.beams = beams[1:]
+    first.generation_logits = _logits(tensors.get("generation_logits"))
+    first.context_logits = _logits(tensors.get("context_logits"))
+    return first
+
+
+def _rows(array) -> np.ndarray | None:
+    if array is None or not np.asarray(array).size:
+        return None
+    array = np.asarray(array)
+    return array.reshape(-1, array.shape[-1])
+
+
+def _logits(array) -> np.ndarray | None:
+    """[tokens, vocab] rows of beam 0 from `context_logits` [1, P, V] or `generation_logits` [1, B, T, V]."""
+    if array is None or np.asarray(array).ndim < 2 or not np.asarray(array).size:
+        return None
+    array = np.asarray(array, dtype=np.float32)
+    while array.ndim > 2:
+        array = array[0]
+    return array
 
 
 # The embedding model: a second Triton model in the same repository, for /v1/embeddings. One request is

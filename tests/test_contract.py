@@ -52,7 +52,9 @@ def test_chunk_round_trip_keeps_log_probs():
     tensors = contract.encode_chunk(chunk)
     assert tensors["output_ids"].shape == (1, 1, 2)
     assert tensors["cum_log_probs"].tolist() == [[-1.75]]
-    assert contract.decode_chunk(tensors, final=True) == chunk
+    decoded = contract.decode_chunk(tensors, final=True)
+    assert decoded == contract.GenerationChunk(output_ids=[4, 5], log_probs=[-0.5, -1.25], final=True,
+                                               cum_log_prob=-1.75)
 
 
 def test_portable_config_pbtxt_parses_with_triton_model_config():
@@ -64,3 +66,45 @@ def test_portable_config_pbtxt_parses_with_triton_model_config():
     input_lengths = next(i for i in config.input if i.name == "input_lengths")
     assert input_lengths.HasField("reshape") and list(input_lengths.reshape.shape) == []
     assert config.parameters["enable_kv_cache_reuse"].string_value == "true"
+
+
+def test_beams_travel_as_one_batch_of_beams():
+    best = contract.GenerationChunk([4, 5, 6], [-0.1, -0.2, -0.3], True, cum_log_prob=-0.6)
+    best.beams = [contract.GenerationChunk([7], [-0.9], True, cum_log_prob=-0.9)]
+    tensors = contract.encode_chunk(best)
+    assert tensors["output_ids"].shape == (1, 2, 3)  # [batch, beam, tokens], as tensorrtllm_backend
+    assert tensors["sequence_length"].tolist() == [[3, 1]]
+    decoded = contract.decode_chunk(tensors, final=True)
+    assert decoded.output_ids == [4, 5, 6] and decoded.beams[0].output_ids == [7]
+    assert decoded.beams[0].cum_log_prob == pytest.approx(-0.9)
+    assert decoded.log_probs == pytest.approx([-0.1, -0.2, -0.3])
+
+
+def test_logits_rows_travel_with_their_batch_dimensions():
+    rows = np.arange(12, dtype=np.float32).reshape(3, 4)
+    chunk = contract.GenerationChunk([1], generation_logits=rows[:1], context_logits=rows)
+    tensors = contract.encode_chunk(chunk)
+    assert tensors["context_logits"].shape == (1, 3, 4)
+    assert tensors["generation_logits"].shape == (1, 1, 1, 4)
+    decoded = contract.decode_chunk(tensors, final=False)
+    assert decoded.context_logits.tolist() == rows.tolist()
+    assert decoded.generation_logits.tolist() == rows[:1].tolist()
+
+
+def test_logit_bias_travels_as_the_dense_embedding_bias():
+    request = contract.GenerationRequest([1, 2], 4, logit_bias={3: 5.0, 0: -100.0}, vocab_size=6, beam_width=2,
+                                         len_penalty=0.5, early_stopping=True, return_context_logits=True,
+                                         return_generation_logits=True)
+    tensors = contract.encode_request(request)
+    assert tensors["embedding_bias"].tolist() == [[-100.0, 0.0, 0.0, 5.0, 0.0, 0.0]]
+    decoded = contract.decode_request(tensors)
+    assert decoded.logit_bias == {0: -100.0, 3: 5.0}
+    assert (decoded.beam_width, decoded.len_penalty, decoded.early_stopping) == (2, 0.5, True)
+    assert decoded.return_context_logits and decoded.return_generation_logits
+    with pytest.raises(ValueError, match="out of the vocabulary"):
+        contract.encode_request(contract.GenerationRequest([1], 1, logit_bias={6: 1.0}, vocab_size=6))
+
+
+def test_choice_seeds_keep_the_first_and_differ():
+    seeds = [contract.choice_seed(2**64 - 1, index) for index in range(4)]
+    assert seeds[0] == 2**64 - 1 and len(set(seeds)) == 4 and all(0 <= s < 2**64 for s in seeds)

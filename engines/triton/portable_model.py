@@ -96,10 +96,12 @@ class TritonPythonModel:
     def _submit(self, generation: contract.GenerationRequest, sender, client_id: str) -> None:
         from engines.portable.sampling import SamplingParams
 
-        if generation.beam_width != 1:
-            raise ValueError("beam_width must be 1: the portable engine samples one beam")
+        if generation.beam_width < 1:
+            raise ValueError(f"beam_width must be at least 1, got {generation.beam_width}")
         internal_id = uuid.uuid4().hex
-        self.outbox.add(internal_id, Flight(sender, client_id, generation.streaming, generation.return_log_probs))
+        flight = Flight(sender, client_id, generation.streaming, generation.return_log_probs,
+                        beam_search=generation.beam_width > 1)
+        self.outbox.add(internal_id, flight)
         try:
             self.engine.add_request(internal_id, generation.input_ids, SamplingParams.from_request(generation))
         except ValueError:
@@ -175,7 +177,7 @@ class TritonPythonModel:
             if outgoing.final:  # nobody listens: only the final flag, which frees the request in Triton
                 outgoing.flight.sender.send(flags=FINAL)
             return
-        chunk = contract.GenerationChunk(output_ids=outgoing.ids, log_probs=outgoing.log_probs, final=outgoing.final)
+        chunk = _chunk_of(outgoing)
         tensors = [pb_utils.Tensor(name, array) for name, array in contract.encode_chunk(chunk).items()]
         outgoing.flight.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=flags)
 
@@ -192,3 +194,19 @@ class TritonPythonModel:
         if not self.outbox.close(timeout=FINALIZE_WAIT_S):
             self.logger.log_warn("portable engine: responses still being sent at unload")
         self.monitor.join(timeout=FINALIZE_WAIT_S)
+
+
+def _chunk_of(outgoing: Outgoing) -> contract.GenerationChunk:
+    """The response's contents: the new tokens, or every beam once beam search has ended."""
+    import numpy as np
+
+    if outgoing.beams:
+        first, *others = [contract.GenerationChunk(ids, log_probs if outgoing.log_probs is not None else None,
+                                                   outgoing.final, cum_log_prob=cum)
+                          for ids, log_probs, cum in outgoing.beams]
+        first.beams, first.context_logits = others, outgoing.context_logits
+        return first
+    logits = np.concatenate(outgoing.logits) if outgoing.logits else None
+    return contract.GenerationChunk(output_ids=outgoing.ids, log_probs=outgoing.log_probs, final=outgoing.final,
+                                    cum_log_prob=outgoing.cum_log_prob, generation_logits=logits,
+                                    context_logits=outgoing.context_logits)

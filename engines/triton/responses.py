@@ -34,6 +34,11 @@ class Flight:
     final: bool = False
     error: str | None = None
     cancelled: bool = False  # Triton said the client went away; the engine was asked to abort
+    beam_search: bool = False  # the beams arrive whole at the end, one output each, best first
+    pending_logits: list = field(default_factory=list)  # generation logits rows [tokens, vocab] not sent yet
+    context_logits: object = None  # the prompt's logits rows, sent with the next response
+    cum_log_prob: float | None = None
+    beams: list = field(default_factory=list)  # beam search: (ids, log_probs, cum_log_prob) of each beam
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,10 @@ class Outgoing:
     log_probs: list[float] | None
     final: bool
     error: str | None
+    logits: list = field(default_factory=list)
+    context_logits: object = None
+    cum_log_prob: float | None = None
+    beams: list = field(default_factory=list)
 
 
 SendFn = Callable[[Outgoing], None]
@@ -88,9 +97,13 @@ class Outbox:
                 flight = self._flights.get(output.request_id)
                 if flight is None:
                     continue
-                flight.pending_ids.extend(output.new_token_ids)
-                if flight.return_log_probs and output.new_logprobs:
-                    flight.pending_log_probs.extend(output.new_logprobs)
+                if flight.beam_search:
+                    flight.beams.append((output.new_token_ids, output.new_logprobs, output.cum_logprob))
+                else:
+                    flight.pending_ids.extend(output.new_token_ids)
+                    if flight.return_log_probs and output.new_logprobs:
+                        flight.pending_log_probs.extend(output.new_logprobs)
+                self._keep_extras(flight, output)
                 if output.finished:
                     flight.final = True
                     del self._flights[output.request_id]
@@ -99,6 +112,15 @@ class Outbox:
                     woke = True
             if woke:
                 self._cond.notify()
+
+    @staticmethod
+    def _keep_extras(flight: Flight, output) -> None:
+        """Logits rows and the cumulative logprob, when the request asked for them."""
+        if getattr(output, "new_logits", None) is not None:
+            flight.pending_logits.append(output.new_logits.numpy())
+        if getattr(output, "context_logits", None) is not None:
+            flight.context_logits = output.context_logits.numpy()
+        flight.cum_log_prob = getattr(output, "cum_logprob", None)
 
     def fail_all(self, message: str) -> list[str]:
         """End every request with an error response; returns their ids (for the engine to abort)."""
@@ -122,8 +144,10 @@ class Outbox:
             for flight in ready.values():
                 batch.append(Outgoing(flight, flight.pending_ids,
                                       flight.pending_log_probs if flight.return_log_probs else None,
-                                      flight.final, flight.error))
-                flight.pending_ids, flight.pending_log_probs = [], []
+                                      flight.final, flight.error, flight.pending_logits, flight.context_logits,
+                                      flight.cum_log_prob, flight.beams))
+                flight.pending_ids, flight.pending_log_probs, flight.pending_logits = [], [], []
+                flight.context_logits, flight.beams = None, []
             return batch
 
     def _run(self) -> None:
