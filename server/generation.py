@@ -21,6 +21,7 @@ class Delta:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] | None = None
     finish_reason: str | None = None
+    chunk: contract.GenerationChunk | None = None  # the engine's response: logits rows, beams, cum_log_prob
 
 
 @dataclass
@@ -51,11 +52,11 @@ async def generate(engine: TritonEngineClient, tokenizer: Tokenizer, plan: Gener
                 text += detokenizer.flush()
             emitted = stops.feed(text)
             if stops.stopped:
-                yield Delta(emitted, chunk.output_ids, chunk.log_probs, "stop")
+                yield Delta(emitted, chunk.output_ids, chunk.log_probs, "stop", chunk)
                 return  # leaving the stream cancels the rest of the generation in the engine
             if chunk.final:
                 reason = "length" if generated >= plan.max_tokens else "stop"
-                yield Delta(emitted + stops.flush(), chunk.output_ids, chunk.log_probs, reason)
+                yield Delta(emitted + stops.flush(), chunk.output_ids, chunk.log_probs, reason, chunk)
                 return
             if emitted or chunk.output_ids:
-                yield Delta(emitted, chunk.output_ids, chunk.log_probs)
+                yield Delta(emitted, chunk.output_ids, chunk.log_probs, chunk=chunk)

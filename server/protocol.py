@@ -17,6 +17,7 @@ MAX_TOP_K = INPUT_SPECS["runtime_top_k"].max_value
 MAX_MIN_LENGTH = INPUT_SPECS["min_length"].max_value
 MAX_SEED = INPUT_SPECS["random_seed"].max_value
 MAX_FP32 = INPUT_SPECS["repetition_penalty"].max_value
+MAX_CHOICES = 16  # n, best_of and beams per prompt: each is a sequence in the engine
 
 
 class StreamOptions(BaseModel):
@@ -32,7 +33,7 @@ class SamplingFields(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_LEN)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -47,8 +48,12 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
-    # Accepted by the schema so that using them gets a clear "not supported" instead of silence.
-    logit_bias: dict | None = None
+    # Beam search: vLLM's use_beam_search (beams = best_of or n) and num_beams as transformers names it.
+    use_beam_search: bool = False
+    num_beams: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
+    length_penalty: float = Field(default=1.0, ge=-MAX_FP32, le=MAX_FP32)
+    early_stopping: bool = False
+    logit_bias: dict | None = None  # token id (as a string, OpenAI's JSON) -> -100..100
     # Structured outputs (server/structured_outputs.py): OpenAI's response_format, vLLM's guided_* fields and
     # its `structured_outputs` object.
     response_format: dict | None = None
@@ -115,11 +120,12 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=None, ge=0, le=MAX_OUTPUT_LEN)  # 0 with echo: score the prompt only
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_LEN)  # vLLM's; wins over max_tokens
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=5)
     suffix: str | None = None
-    best_of: int | None = Field(default=None, ge=1)
+    best_of: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
 
 
 class Usage(BaseModel):

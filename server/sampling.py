@@ -8,7 +8,6 @@ from server.protocol import SamplingFields
 from server.tokenizer import Tokenizer
 
 UNSUPPORTED = {
-    "logit_bias": "logit_bias is not supported by this server",
 }
 
 
@@ -24,8 +23,6 @@ def check_supported(fields: SamplingFields) -> None:
     for name, message in UNSUPPORTED.items():
         if getattr(fields, name):
             raise bad_request(message, name, "unsupported_parameter")
-    if fields.n != 1:
-        raise bad_request("Only n=1 is supported.", "n", "unsupported_parameter")
 
 
 def output_budget(requested: int | None, prompt_tokens: int, max_model_len: int, param: str = "messages") -> int:
@@ -71,5 +68,30 @@ def plan_generation(fields: SamplingFields, prompt_ids: list[int], tokenizer: To
         min_length=min(fields.min_tokens, max_tokens),
         stop_words=[[t] for t in (fields.stop_token_ids or [])],
         return_log_probs=return_log_probs,
+        logit_bias=parse_logit_bias(fields.logit_bias, tokenizer.vocab_size),
+        vocab_size=tokenizer.vocab_size,
     )
     return GenerationPlan(request, fields.stop_strings(), fields.skip_special_tokens)
+
+
+MAX_LOGIT_BIAS = 100.0  # OpenAI's bound: -100 bans a token, 100 makes it the only choice
+
+
+def parse_logit_bias(raw: dict | None, vocab_size: int) -> dict[int, float]:
+    """OpenAI's logit_bias: token ids (JSON object keys, so strings) to values in [-100, 100]."""
+    bias = {}
+    for key, value in (raw or {}).items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise bad_request(f"logit_bias keys must be token ids, got {key!r}.", "logit_bias") from None
+        if not 0 <= token < vocab_size:
+            raise bad_request(f"logit_bias token id {token} is out of the vocabulary (size {vocab_size}).",
+                              "logit_bias")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value == value:
+            raise bad_request(f"logit_bias value for token {token} must be a number, got {value!r}.", "logit_bias")
+        if not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
+            raise bad_request(f"logit_bias value for token {token} is {value}; values must be between "
+                              f"-{MAX_LOGIT_BIAS:g} and {MAX_LOGIT_BIAS:g}.", "logit_bias")
+        bias[token] = float(value)
+    return bias

@@ -5,6 +5,7 @@ from functools import cached_property
 from pathlib import Path
 
 from server.errors import bad_request
+from server.token_bytes import TokenBytes
 
 
 class Tokenizer:
@@ -16,6 +17,7 @@ class Tokenizer:
         self.eos_token_id = self._tok.eos_token_id
         self.pad_token_id = self._tok.pad_token_id if self._tok.pad_token_id is not None else self.eos_token_id
         self.has_chat_template = bool(getattr(self._tok, "chat_template", None))
+        self.token_bytes = TokenBytes(self._tok)  # each token's own bytes, for chat logprobs
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=True))

@@ -33,6 +33,19 @@ class EngineFailed(RuntimeError):
     """The engine failed while generating: the gateway answers 500."""
 
 
+def response_tensors(request: contract.GenerationRequest) -> tuple[str, ...]:
+    """The outputs a request needs: logprobs, the beams' scores, and the logits rows only when asked
+    (a row is the whole vocabulary)."""
+    names = [name for name in RESPONSE_TENSORS if name != "output_log_probs" or request.return_log_probs]
+    if request.return_log_probs or request.beam_width > 1:
+        names.append("cum_log_probs")
+    if request.return_context_logits:
+        names.append("context_logits")
+    if request.return_generation_logits:
+        names.append("generation_logits")
+    return tuple(names)
+
+
 def classify(error: Exception) -> Exception:
     message = str(error)
     lowered = message.lower()
@@ -84,8 +97,8 @@ class TritonEngineClient:
     ) -> AsyncIterator[contract.GenerationChunk]:
         """Chunks of new tokens until the final one; raises EngineUnavailable/EngineRejected/EngineFailed."""
         done = asyncio.Event()
-        outputs = [grpcclient.InferRequestedOutput(name) for name in RESPONSE_TENSORS
-                   if name != "output_log_probs" or request.return_log_probs]
+        names = response_tensors(request)
+        outputs = [grpcclient.InferRequestedOutput(name) for name in names]
         inputs = _infer_inputs(contract.encode_request(request))
 
         async def requests():
@@ -101,7 +114,7 @@ class TritonEngineClient:
             async for result, error in call:
                 if error is not None:
                     raise classify(error)
-                tensors = {name: result.as_numpy(name) for name in RESPONSE_TENSORS}
+                tensors = {name: result.as_numpy(name) for name in names}
                 chunk = contract.decode_chunk(tensors, final=_is_final(result))
                 yield chunk
                 if chunk.final:

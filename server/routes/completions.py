@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from server import sse
+from server import logprobs, sse
+from server.choices import Choices, Collected, choices_of, chosen, collect, merged, plans_for
 from server.errors import APIError, bad_request
-from server.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage, new_id
+from server.generation import GenerationPlan
+from server.protocol import Completion, CompletionChoice, CompletionRequest, Usage, new_id
 from server.runner import GenerationRun, unless_disconnected
 from server.sampling import check_model, check_supported, output_budget, plan_generation
 from server.structured_outputs import apply_guide, check_engine_supports, request_fields_guide
@@ -36,15 +41,26 @@ def prompts_of(body: CompletionRequest, tokenizer: Tokenizer) -> list[list[int]]
     return prompts
 
 
-def _logprobs(tokenizer: Tokenizer, token_ids: list[int], logprobs: list[float], offset: int,
-              want_top: bool) -> CompletionLogprobs:
-    tokens = [tokenizer.token_text(t) for t in token_ids]
-    offsets, position = [], offset
-    for token in tokens:
-        offsets.append(position)
-        position += len(token)
-    top = [{token: logprob} for token, logprob in zip(tokens, logprobs, strict=False)] if want_top else None
-    return CompletionLogprobs(tokens=tokens, token_logprobs=list(logprobs), top_logprobs=top, text_offset=offsets)
+@dataclass
+class PromptRuns:
+    """One prompt's engine requests: its n (or best_of) choices, or its beam search."""
+
+    ids: list[int]
+    plan: GenerationPlan
+    runs: list[GenerationRun]
+
+
+def _plan_prompt(request: Request, body: CompletionRequest, ids: list[int], choices: Choices, guide) -> PromptRuns:
+    state = request.app.state
+    requested = 16 if body.max_tokens is None else body.max_tokens
+    # max_tokens 0 (with echo) scores the prompt: the engine makes one token, which is dropped.
+    max_tokens = output_budget(max(requested, 1), len(ids), state.model.max_model_len, "prompt")
+    plan = plan_generation(body, ids, state.tokenizer, max_tokens, return_log_probs=body.logprobs is not None)
+    apply_guide(plan, guide)
+    plan.request.return_generation_logits = bool(body.logprobs) and requested > 0
+    plans = plans_for(plan, choices, body)
+    plans[0].request.return_context_logits = body.echo and body.logprobs is not None  # once per prompt
+    return PromptRuns(ids, plan, [GenerationRun(request, p, len(ids)) for p in plans])
 
 
 @router.post("/v1/completions")
@@ -54,76 +70,93 @@ async def completions(body: CompletionRequest, request: Request):
     check_supported(body)
     if body.suffix:
         raise bad_request("suffix is not supported.", "suffix", "unsupported_parameter")
-    if body.best_of not in (None, 1):
-        raise bad_request("Only best_of=1 is supported.", "best_of", "unsupported_parameter")
-    if body.logprobs is not None and body.logprobs > 1:
-        raise bad_request("logprobs above 1 are not supported.", "logprobs", "unsupported_parameter")
     if body.tools:
         raise bad_request("tools are for /v1/chat/completions.", "tools", "unsupported_parameter")
     guide = request_fields_guide(body)
     check_engine_supports(guide, state.model.engine)
+    if body.max_tokens == 0 and not body.echo:
+        raise bad_request("max_tokens=0 returns nothing without echo=true (which scores the prompt).", "max_tokens")
+    choices = choices_of(body, body.best_of, body.stream)
     prompts = prompts_of(body, state.tokenizer)
     if body.stream and len(prompts) > 1:
         raise bad_request("Streaming takes one prompt per request.", "prompt")
-    runs = []
-    for ids in prompts:
-        max_tokens = output_budget(body.max_tokens if body.max_tokens is not None else 16, len(ids),
-                                   state.model.max_model_len, "prompt")
-        plan = plan_generation(body, ids, state.tokenizer, max_tokens, return_log_probs=body.logprobs is not None)
-        apply_guide(plan, guide)
-        runs.append(GenerationRun(request, plan, len(ids)))
+    groups = [_plan_prompt(request, body, ids, choices, guide) for ids in prompts]
     if body.stream:
-        await unless_disconnected(request, runs[0].start())
+        runs = groups[0].runs
+        for run in runs:
+            await unless_disconnected(request, run.start())
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(runs[0], body, state, include_usage), media_type="text/event-stream")
-    return await unless_disconnected(request, _complete_all(runs, body, state))
+        return StreamingResponse(_stream(groups[0], body, state, include_usage), media_type="text/event-stream")
+    return await unless_disconnected(request, _complete_all(groups, body, state, choices))
 
 
-async def _complete_one(index: int, run: GenerationRun, body: CompletionRequest, state) -> CompletionChoice:
-    await run.start()
-    prefix = state.tokenizer.decode(run.plan.request.input_ids) if body.echo else ""
-    text, token_ids, logprobs, finish_reason = [prefix], [], [], None
-    async for delta in run.deltas():
-        text.append(delta.text)
-        token_ids.extend(delta.token_ids)
-        logprobs.extend(delta.logprobs or [])
-        finish_reason = delta.finish_reason or finish_reason
+def _choice(index: int, answer: Collected, group: PromptRuns, context: np.ndarray | None, body: CompletionRequest,
+            state) -> CompletionChoice:
+    tokenizer, score_only = state.tokenizer, body.max_tokens == 0
+    prefix = tokenizer.decode(group.ids) if body.echo else ""
+    text = prefix if score_only else prefix + answer.text
     choice_logprobs = None
     if body.logprobs is not None:
-        choice_logprobs = _logprobs(state.tokenizer, token_ids, logprobs, len(prefix), body.logprobs >= 1)
-    return CompletionChoice(index=index, text="".join(text), logprobs=choice_logprobs, finish_reason=finish_reason)
+        scored = [] if score_only else logprobs.generated(answer.token_ids, answer.logprobs,
+                                                          answer.logits_rows, body.logprobs)
+        if body.echo and context is not None:
+            scored = logprobs.prompt(group.ids, context, body.logprobs) + scored
+        choice_logprobs = logprobs.for_completion(tokenizer, scored, 0, body.logprobs)
+    reason = "length" if score_only else answer.finish_reason
+    return CompletionChoice(index=index, text=text, logprobs=choice_logprobs, finish_reason=reason)
 
 
-async def _complete_all(runs: list[GenerationRun], body: CompletionRequest, state) -> Completion:
-    choices = await asyncio.gather(*(_complete_one(i, run, body, state) for i, run in enumerate(runs)))
-    usage = Usage.of(sum(r.prompt_tokens for r in runs), sum(r.completion_tokens for r in runs))
-    return Completion(id=new_id("cmpl"), model=state.model.name, choices=list(choices), usage=usage)
+async def _complete_all(groups: list[PromptRuns], body: CompletionRequest, state, choices: Choices) -> Completion:
+    collected = await asyncio.gather(*(collect(run) for group in groups for run in group.runs))
+    result, position, completion_tokens = [], 0, 0
+    for group in groups:
+        answers = collected[position:position + len(group.runs)]
+        position += len(group.runs)
+        completion_tokens += 0 if body.max_tokens == 0 else sum(run.completion_tokens for run in group.runs)
+        for answer in chosen(answers, choices, group.plan, state.tokenizer):
+            result.append(_choice(len(result), answer, group, answers[0].context_logits, body, state))
+    usage = Usage.of(sum(len(group.ids) for group in groups), completion_tokens)
+    return Completion(id=new_id("cmpl"), model=state.model.name, choices=result, usage=usage)
 
 
-async def _stream(run: GenerationRun, body: CompletionRequest, state, include_usage: bool) -> AsyncIterator[str]:
-    chunk_id, model = new_id("cmpl"), state.model.name
+async def _stream(group: PromptRuns, body: CompletionRequest, state, include_usage: bool) -> AsyncIterator[str]:
+    chunk_id, model, tokenizer = new_id("cmpl"), state.model.name, state.tokenizer
 
     def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
         return sse.event(Completion(id=chunk_id, model=model, choices=choices, usage=usage))
 
-    offset = 0
-    if body.echo:
-        prefix = state.tokenizer.decode(run.plan.request.input_ids)
-        offset = len(prefix)
-        yield chunk([CompletionChoice(text=prefix)])
+    prefix = tokenizer.decode(group.ids) if body.echo else ""
+    offsets = [len(prefix)] * len(group.runs)
+    started = [False] * len(group.runs)
     try:
-        async for delta in run.deltas():
+        async for index, delta in merged([run.deltas() for run in group.runs]):
+            if body.echo and not started[index]:
+                started[index] = True  # the prompt first, with its logprobs (they come with the first response)
+                context = delta.chunk.context_logits if delta.chunk is not None else None
+                echo_logprobs = None
+                if body.logprobs is not None and context is not None:
+                    scored = logprobs.prompt(group.ids, context, body.logprobs)
+                    echo_logprobs = logprobs.for_completion(tokenizer, scored, 0, body.logprobs)
+                yield chunk([CompletionChoice(index=index, text=prefix, logprobs=echo_logprobs)])
             if not (delta.text or delta.finish_reason or delta.logprobs):
                 continue
-            logprobs = None
+            if body.max_tokens == 0:
+                if delta.finish_reason:
+                    yield chunk([CompletionChoice(index=index, text="", finish_reason="length")])
+                continue
+            delta_logprobs = None
             if body.logprobs is not None and delta.logprobs:
-                logprobs = _logprobs(state.tokenizer, delta.token_ids, delta.logprobs, offset, body.logprobs >= 1)
-            offset += len(delta.text)
-            yield chunk([CompletionChoice(text=delta.text, logprobs=logprobs, finish_reason=delta.finish_reason)])
+                rows = delta.chunk.generation_logits if delta.chunk is not None else None
+                scored = logprobs.generated(delta.token_ids, delta.logprobs, rows, body.logprobs)
+                delta_logprobs = logprobs.for_completion(tokenizer, scored, offsets[index], body.logprobs)
+            offsets[index] += len(delta.text)
+            yield chunk([CompletionChoice(index=index, text=delta.text, logprobs=delta_logprobs,
+                                          finish_reason=delta.finish_reason)])
     except APIError as error:
         yield sse.event(error.body())
         yield sse.DONE
         return
     if include_usage:
-        yield chunk([], Usage.of(run.prompt_tokens, run.completion_tokens))
+        generated = 0 if body.max_tokens == 0 else sum(run.completion_tokens for run in group.runs)
+        yield chunk([], Usage.of(len(group.ids), generated))
     yield sse.DONE
