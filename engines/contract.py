@@ -310,6 +310,7 @@ def encode_chunk(chunk: GenerationChunk) -> dict[str, np.ndarray]:
         for row, beam in enumerate(beams):
             log_probs[0, row, : len(beam.log_probs or [])] = beam.log_probs or []
         tensors["output_log_probs"] = log_probs
+    if chunk.log_probs is not None or any(beam.cum_log_prob is not None for beam in beams):
         tensors["cum_log_probs"] = np.array(
             [[sum(b.log_probs or []) if b.cum_log_prob is None else b.cum_log_prob for b in beams]], dtype=np.float32)
     if chunk.generation_logits is not None:
