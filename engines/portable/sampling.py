@@ -104,6 +104,7 @@ class SamplingParams:
             return_logprobs=request.return_log_probs,
             guide=Guide(request.guide_type, request.guide) if request.guide_type else None,
             beam_width=request.beam_width,
+            n=request.beam_width,  # every beam comes back, best first, as from TensorRT-LLM
             length_penalty=request.len_penalty,
             early_stopping=request.early_stopping,
             logit_bias=dict(request.logit_bias),

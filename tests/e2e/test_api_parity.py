@@ -60,21 +60,29 @@ def test_best_of_keeps_the_choices_with_the_highest_cumulative_logprob(client, i
 
 def test_completion_top_logprobs_are_the_models_most_likely_tokens(client, ingot_stack, tokenizer, reference_model):
     prompt_ids = tokenizer.encode("The capital of France")
+    expected = raw_logprobs(reference_model, prompt_ids)
     reply = client.completions.create(model=ingot_stack.model, prompt=prompt_ids, max_tokens=6, temperature=2.0,
-                                      seed=3, logprobs=5, extra_body={"ignore_eos": True})
-    new_ids = tokenizer.encode(reply.choices[0].text)[1:]  # only to find the tokens' positions
-    expected = raw_logprobs(reference_model, prompt_ids + new_ids)
+                                      seed=3, logprobs=5, echo=True, extra_body={"ignore_eos": True})
     logprobs = reply.choices[0].logprobs
-    assert len(logprobs.tokens) == len(logprobs.top_logprobs) == 6
-    for position, (top, logprob) in enumerate(zip(logprobs.top_logprobs, logprobs.token_logprobs, strict=True)):
-        row = expected[len(prompt_ids) - 1 + position]
+    assert len(logprobs.tokens) == len(logprobs.top_logprobs) == len(prompt_ids) + 6
+    assert logprobs.top_logprobs[0] is None
+    # Every prompt position, and the first new token (whatever was sampled, its alternatives are the
+    # prompt's last row): the model's five most likely tokens with their logprobs.
+    for position in range(1, len(prompt_ids) + 1):
+        row = expected[position - 1]
         values, ids = row.topk(5)
-        best = {tokenizer.token_text(t): v for t, v in zip(ids.tolist(), values.tolist(), strict=True)}
-        assert len(top) >= 5 or len(set(best)) < 5
-        assert max(top.values()) == pytest.approx(values[0].item(), abs=1e-4)  # not the sampled token's
-        for text, value in best.items():
-            assert top[text] == pytest.approx(value, abs=1e-4)
-        assert logprob <= max(top.values()) + 1e-6
+        top = logprobs.top_logprobs[position]
+        assert max(top.values()) == pytest.approx(values[0].item(), abs=1e-4)
+        for token, value in zip(ids.tolist(), values.tolist(), strict=True):
+            assert top[tokenizer.token_text(token)] == pytest.approx(value, abs=1e-4)
+    new = range(len(prompt_ids), len(prompt_ids) + 6)
+    for position in new:
+        top, logprob = logprobs.top_logprobs[position], logprobs.token_logprobs[position]
+        assert 5 <= len(top) <= 6  # the five most likely, and the sampled token when it is not among them
+        assert logprobs.tokens[position] in top
+        assert max(top.values()) >= logprob - 1e-6
+    # At temperature 2 some sampled token is far from the most likely: its logprob is its own, not a "top-1".
+    assert any(logprobs.token_logprobs[p] < max(logprobs.top_logprobs[p].values()) - 1e-3 for p in new)
 
 
 def test_echo_with_logprobs_scores_the_prompt(client, ingot_stack, tokenizer, reference_model):

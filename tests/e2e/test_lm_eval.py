@@ -39,9 +39,12 @@ def test_local_completions_equals_the_hf_backend(ingot_stack, demo_checkpoints, 
     served = loglikelihoods(
         "local-completions",
         f"model={ingot_stack.model},base_url={ingot_stack.base_url}/v1/completions,"
-        f"tokenizer={ingot_stack.tokenizer_dir},tokenizer_backend=huggingface,num_concurrent=1,max_retries=1",
+        f"tokenizer={ingot_stack.tokenizer_dir},tokenizer_backend=huggingface,num_concurrent=1,max_retries=1,"
+        "add_bos_token=True",
         task_dir)
-    reference = loglikelihoods("hf", f"pretrained={demo_checkpoints['llama']},dtype=float32,device=cpu", task_dir)
+    # Both with the tokenizer's BOS: lm-eval's API models leave special tokens out unless told.
+    reference = loglikelihoods("hf", f"pretrained={demo_checkpoints['llama']},dtype=float32,device=cpu,"
+                               "add_bos_token=True", task_dir)
     assert len(served) == len(reference) == 6
     for ours, theirs in zip(served, reference, strict=True):
         assert ours == pytest.approx(theirs, abs=1e-3)
