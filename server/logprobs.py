@@ -58,7 +58,9 @@ def for_completion(tokenizer, scored: list[Scored], offset: int, k: int | None) 
             if item.logprob is None:
                 top.append(None)
                 continue
-            entry = {tokenizer.token_text(token): logprob for token, logprob in item.top}
+            entry = {}
+            for token, logprob in item.top:  # most likely first: a text shared by several tokens keeps the best
+                entry.setdefault(tokenizer.token_text(token), logprob)
             entry.setdefault(text, item.logprob)
             top.append(entry)
     return CompletionLogprobs(tokens=tokens, token_logprobs=[item.logprob for item in scored], top_logprobs=top,

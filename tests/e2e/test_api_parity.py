@@ -73,8 +73,12 @@ def test_completion_top_logprobs_are_the_models_most_likely_tokens(client, ingot
         values, ids = row.topk(5)
         top = logprobs.top_logprobs[position]
         assert max(top.values()) == pytest.approx(values[0].item(), abs=1e-4)
+        best: dict[str, float] = {}  # tokens sharing a text (partial UTF-8 shows as U+FFFD) keep the best
         for token, value in zip(ids.tolist(), values.tolist(), strict=True):
-            assert top[tokenizer.token_text(token)] == pytest.approx(value, abs=1e-4)
+            best.setdefault(tokenizer.token_text(token), value)
+        assert top == pytest.approx(best, abs=1e-4) or set(top) - set(best) <= {logprobs.tokens[position]}
+        for text, value in best.items():
+            assert top[text] == pytest.approx(value, abs=1e-4)
     new = range(len(prompt_ids), len(prompt_ids) + 6)
     for position in new:
         top, logprob = logprobs.top_logprobs[position], logprobs.token_logprobs[position]
