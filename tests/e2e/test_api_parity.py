@@ -82,7 +82,7 @@ def test_completion_top_logprobs_are_the_models_most_likely_tokens(client, ingot
     new = range(len(prompt_ids), len(prompt_ids) + 6)
     for position in new:
         top, logprob = logprobs.top_logprobs[position], logprobs.token_logprobs[position]
-        assert 5 <= len(top) <= 6  # the five most likely, and the sampled token when it is not among them
+        assert len(top) <= 6  # the five most likely (fewer texts when some share one), and the sampled token
         assert logprobs.tokens[position] in top
         assert max(top.values()) >= logprob - 1e-6
     # At temperature 2 some sampled token is far from the most likely: its logprob is its own, not a "top-1".
