@@ -16,12 +16,15 @@ from server.docs import install_docs
 from server.errors import install_error_handlers
 from server.metrics import Metrics
 from server.embeddings import load_embeddings
+from server.admission import body_size_check, in_flight_check, key_limits_check
+from server.limits import LocalLimiter
 from server.middleware import Check, GatewayMiddleware, api_key_check
 from server.routes import chat, completions, embeddings, health, models, sagemaker, tgi, tokenize
 from server.settings import Settings
 from server.surrogates import CHECK as REJECT_LONE_SURROGATES
 from server.tokenizer import Tokenizer
 from server.triton_client import TritonEngineClient
+from server.usage import UsageLog
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,15 @@ def load_model(settings: Settings) -> tuple[ServedModel, Tokenizer]:
     return model, tokenizer
 
 
+def make_limiter(settings: Settings):
+    """Per-key limits in Redis when configured (shared by every worker and pod), else in this process."""
+    if settings.redis_url:
+        from server.limits_redis import RedisLimiter
+
+        return RedisLimiter(settings.redis_url)
+    return LocalLimiter()
+
+
 def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> FastAPI:
     keys = KeyStore.from_sources(list(settings.api_keys), settings.api_keys_file)
     if not keys.enabled and not settings.allow_anonymous:
@@ -64,6 +76,8 @@ def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> 
                          "(or INGOT_ALLOW_ANONYMOUS=1 to serve without auth)")
     model, tokenizer = load_model(settings)
     engine = engine or TritonEngineClient(settings.triton_url)
+    limiter = make_limiter(settings)
+    usage_log = UsageLog(settings.usage_log) if settings.usage_log else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -71,6 +85,9 @@ def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> 
         await engine.close()
         if app.state.embeddings is not None:
             await app.state.embeddings.close()
+        await limiter.close()
+        if usage_log is not None:
+            usage_log.close()
 
     app = FastAPI(title="Ingot", version="0.1.0", lifespan=lifespan, dependencies=[REJECT_LONE_SURROGATES],
                   docs_url=None, redoc_url=None)
@@ -81,8 +98,11 @@ def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> 
     install_error_handlers(app)
 
     # Admission checks, in order, before any route reads the body (see server/middleware.py).
-    checks: list[Check] = [api_key_check(keys)]
-    app.add_middleware(GatewayMiddleware, checks=checks, metrics=app.state.metrics)
+    metrics = app.state.metrics
+    checks: list[Check] = [api_key_check(keys), in_flight_check(settings.max_in_flight, metrics),
+                           key_limits_check(limiter, metrics, usage_log),
+                           body_size_check(settings.max_body_bytes, metrics)]
+    app.add_middleware(GatewayMiddleware, checks=checks, metrics=metrics)
 
     for router in (health.router, models.router, chat.router, completions.router, embeddings.router,
                    tgi.router, tokenize.router, sagemaker.router):

@@ -9,19 +9,21 @@ Admission checks run in order before any route parses the body (so a bad key is 
 check is `async def check(admission: Admission) -> None`; it rejects by raising `APIError` (sent in the
 OpenAI error shape and counted like any response), may wrap `admission.receive` (to watch the body), may
 register undo work on `admission.cleanup` (run once the response has ended, however it ended) and may
-leave facts for the routes in `admission.state` (the request's `request.state`).
+leave facts for the routes in `admission.state` (the request's `request.state`), and may add headers to the
+response (`admission.response_headers`, e.g. rate-limit headers); `admission.status` is the response's status
+once it has started (for cleanup work that records it).
 """
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.auth import KeyStore, check_authorization
 from server.errors import APIError, error_response
-from server.metrics import Metrics
+from server.metrics import Metrics, route_label
 
 
 @dataclass
@@ -29,6 +31,8 @@ class Admission:
     scope: Scope
     receive: Receive
     cleanup: AsyncExitStack
+    status: int = 500  # what an exception before the response started becomes
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def path(self) -> str:
@@ -55,18 +59,17 @@ Check = Callable[[Admission], Awaitable[None]]
 KEYED_PATHS = frozenset({"/", "/generate", "/generate_stream", "/invocations", "/tokenize", "/detokenize"})
 
 
+def is_keyed(path: str) -> bool:
+    """Routes that take the API key, and so count against its limits."""
+    return path.startswith("/v1") or path in KEYED_PATHS
+
+
 def api_key_check(keys: KeyStore) -> Check:
     async def require_api_key(admission: Admission) -> None:
-        if admission.path.startswith("/v1") or admission.path in KEYED_PATHS:
-            check_authorization(keys, admission.header("authorization"))
+        if is_keyed(admission.path):
+            admission.state["key"] = check_authorization(keys, admission.header("authorization"))
 
     return require_api_key
-
-
-def route_label(path: str, status: int) -> str:
-    if status == 404:
-        return "unknown"
-    return path if path.startswith("/v1/") else "other"
 
 
 class GatewayMiddleware:
@@ -77,17 +80,18 @@ class GatewayMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500  # what an exception before the response started becomes
+        admission = Admission(scope, receive, AsyncExitStack())
 
         async def send_noting_status(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
+                admission.status = message["status"]
+                if admission.response_headers:
+                    extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in admission.response_headers]
+                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
         try:
-            async with AsyncExitStack() as cleanup:
-                admission = Admission(scope, receive, cleanup)
+            async with admission.cleanup:
                 try:
                     for check in self.checks:
                         await check(admission)
@@ -96,4 +100,6 @@ class GatewayMiddleware:
                     return
                 await self.app(scope, admission.receive, send_noting_status)
         finally:
-            self.metrics.requests.labels(route_label(scope["path"], status), str(status)).inc()
+            # Route templates, never raw paths: junk URLs cannot grow the label set.
+            label = route_label(scope["app"].router.routes, scope) if "app" in scope else "unmatched"
+            self.metrics.requests.labels(label, str(admission.status)).inc()

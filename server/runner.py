@@ -35,24 +35,34 @@ class GenerationRun:
         self.metrics: Metrics = state.metrics
         self.plan, self.prompt_tokens = plan, prompt_tokens
         self.completion_tokens = 0
+        self.usage = getattr(request.state, "usage", None)  # the key's usage record (server/admission.py)
+        self.first_token_s: float | None = None
+        self.finish_reason: str | None = None
         self.started = time.perf_counter()
         self._deltas = generate(state.engine, state.tokenizer, plan, request.headers.get("x-request-id", ""))
         self._first: Delta | None = None
 
     async def start(self) -> None:
         self.metrics.in_flight.inc()
+        self.metrics.waiting.inc()
         try:
             self._first = await self._deltas.__anext__()
         except StopAsyncIteration:
             self._first = Delta("", finish_reason="stop")
         except BaseException as exc:  # an engine error, or cancelled because the client left
             self.metrics.in_flight.dec()
+            self.metrics.waiting.dec()
             await self._deltas.aclose()
             if isinstance(exc, (EngineUnavailable, EngineRejected, EngineFailed)):
                 raise as_api_error(exc) from exc
             raise
-        self.metrics.time_to_first_token.observe(time.perf_counter() - self.started)
+        self.first_token_s = time.perf_counter() - self.started
+        self.metrics.waiting.dec()
+        self.metrics.running.inc()
+        self.metrics.time_to_first_token.observe(self.first_token_s)
         self.metrics.prompt_tokens.inc(self.prompt_tokens)
+        if self.usage is not None:
+            self.usage.prompt_tokens += self.prompt_tokens
 
     async def deltas(self) -> AsyncIterator[Delta]:
         """The deltas, the prefetched first included; raises APIError on an engine failure."""
@@ -61,8 +71,11 @@ class GenerationRun:
             while delta is not None:
                 self.completion_tokens += len(delta.token_ids)
                 self.metrics.generation_tokens.inc(len(delta.token_ids))
+                if self.usage is not None:
+                    self.usage.completion_tokens += len(delta.token_ids)
                 yield delta
                 if delta.finish_reason is not None:
+                    self.finish_reason = delta.finish_reason
                     return
                 try:
                     delta = await self._deltas.__anext__()
@@ -73,7 +86,9 @@ class GenerationRun:
         finally:
             await self._deltas.aclose()
             self.metrics.in_flight.dec()
-            self.metrics.request_latency.observe(time.perf_counter() - self.started)
+            self.metrics.running.dec()
+            self.metrics.generation_finished(self.prompt_tokens, self.completion_tokens, self.first_token_s,
+                                             time.perf_counter() - self.started, self.finish_reason)
 
 
 async def client_gone(request: Request) -> None:

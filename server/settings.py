@@ -21,6 +21,15 @@ class Settings:
     allow_anonymous: bool = False
     max_model_len: int | None = None
     model_aliases: tuple[str, ...] = tuple(DEFAULT_MODEL_ALIASES.split(","))  # more names for the served model
+    # Admission control (server/admission.py) and per-key limits (server/limits.py).
+    max_body_bytes: int = 8 << 20
+    max_prompts_per_request: int = 128
+    max_in_flight: int = 1024  # per gateway worker
+    redis_url: str | None = field(default=None, repr=False)  # may carry a password
+    usage_log: Path | None = None
+    # TLS served by the gateway itself (uvicorn's ssl_certfile / ssl_keyfile).
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "Settings":
@@ -37,10 +46,19 @@ class Settings:
             "max_model_len": int(env["INGOT_MAX_MODEL_LEN"]) if env.get("INGOT_MAX_MODEL_LEN") else None,
             "model_aliases": tuple(a.strip() for a in env.get("INGOT_MODEL_ALIASES", DEFAULT_MODEL_ALIASES).split(",")
                                    if a.strip()),
+            "max_body_bytes": int(env.get("INGOT_MAX_BODY_BYTES", cls.max_body_bytes)),
+            "max_prompts_per_request": int(env.get("INGOT_MAX_PROMPTS_PER_REQUEST", cls.max_prompts_per_request)),
+            "max_in_flight": int(env.get("INGOT_MAX_IN_FLIGHT", cls.max_in_flight)),
+            "redis_url": env.get("INGOT_REDIS_URL") or None,
+            "usage_log": Path(env["INGOT_USAGE_LOG"]) if env.get("INGOT_USAGE_LOG") else None,
+            "ssl_certfile": Path(env["INGOT_SSL_CERTFILE"]) if env.get("INGOT_SSL_CERTFILE") else None,
+            "ssl_keyfile": Path(env["INGOT_SSL_KEYFILE"]) if env.get("INGOT_SSL_KEYFILE") else None,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         if values["artifact_dir"] is None:
             raise ValueError("no artifact: pass --artifact DIR or set INGOT_ARTIFACT_DIR")
+        if (values["ssl_certfile"] is None) != (values["ssl_keyfile"] is None):
+            raise ValueError("TLS needs both --ssl-certfile and --ssl-keyfile (INGOT_SSL_CERTFILE, INGOT_SSL_KEYFILE)")
         return cls(**values)
 
     def with_overrides(self, **changes) -> "Settings":

@@ -15,6 +15,7 @@ from engines.repository import PortableSettings
 from engines.targets.portable import build_portable
 from engines.triton.launcher import TritonServer, free_port, start_triton
 from tests import demo_fixtures, real_model_fixtures
+from tests.redis_server import RedisServer
 
 demo_checkpoints = demo_fixtures.demo_checkpoints
 real_model = real_model_fixtures.real_model
@@ -96,3 +97,11 @@ def ingot_stack(demo_artifact, triton_server_factory, tmp_path_factory) -> Stack
         process.wait(timeout=15)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> RedisServer:
+    """A real redis-server on loopback, for limits shared by several gateways."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from server import logprobs, sse
 from server.choices import Choices, Collected, choices_of, chosen, collect, merged, plans_for
+from server.admission import check_prompt_count
 from server.errors import APIError, bad_request
 from server.generation import GenerationPlan
 from server.protocol import Completion, CompletionChoice, CompletionRequest, Usage, new_id
@@ -74,6 +75,8 @@ async def completions(body: CompletionRequest, request: Request):
         raise bad_request("tools are for /v1/chat/completions.", "tools", "unsupported_parameter")
     guide = request_fields_guide(body)
     check_engine_supports(guide, state.model.engine)
+    many = not isinstance(body.prompt, str) and not all(isinstance(item, int) for item in body.prompt)
+    check_prompt_count(len(body.prompt) if many else 1, state.settings.max_prompts_per_request)
     if body.max_tokens == 0 and not body.echo:
         raise bad_request("max_tokens=0 returns nothing without echo=true (which scores the prompt).", "max_tokens")
     choices = choices_of(body, body.best_of, body.stream)

@@ -2,6 +2,8 @@
 503s say what to do, not what is inside (no gRPC text, no Triton address)."""
 from __future__ import annotations
 
+import re
+
 import httpx
 import openai
 import pytest
@@ -125,3 +127,15 @@ def test_ready_is_503_without_the_engine_address_and_health_stays_200(gateway_wi
     assert int(ready.headers["retry-after"]) > 0
     assert_no_internals(ready, triton_url)
     assert httpx.get(f"{base_url}/health", timeout=30).json() == {"status": "ok"}
+
+
+def test_metrics_labels_stay_bounded_for_junk_paths(ingot_stack, http):
+    for index in range(20):
+        httpx.get(f"{ingot_stack.base_url}/v1/junk-{index}", timeout=30)  # unauthenticated: a 401
+        http.post(f"/v1/junk-{index}/completions", json={})  # authenticated: a 404
+        httpx.get(f"{ingot_stack.base_url}/favicon-{index}.ico", timeout=30)
+    http.get(f"/v1/models/{ingot_stack.model}")
+    metrics = httpx.get(f"{ingot_stack.base_url}/metrics", timeout=30).text
+    routes = set(re.findall(r'ingot_requests_total\{route="([^"]*)"', metrics))
+    assert not any("junk" in route or "favicon" in route for route in routes), routes
+    assert {"unmatched", "/v1/models/{model_id:path}"} <= routes
