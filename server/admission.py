@@ -40,9 +40,9 @@ def body_size_check(max_bytes: int, metrics: Metrics) -> Check:
         messages, size = [], 0
         while True:
             message = await admission.receive()
+            if message["type"] != "http.request":  # the client left while sending: nothing to answer
+                raise APIError(499, "The client closed the request.", "client_closed_request")
             messages.append(message)
-            if message["type"] != "http.request":
-                break  # the client left while sending: the route sees it leave
             size += len(message.get("body", b""))
             if size > max_bytes:  # chunked bodies have no Content-Length: stop reading here
                 metrics.rejected.labels("body_too_large").inc()
@@ -55,10 +55,8 @@ def body_size_check(max_bytes: int, metrics: Metrics) -> Check:
 
 
 def _replay(messages: list[Message], receive):
-    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
-    if messages and messages[-1]["type"] != "http.request":
-        pending.append(messages[-1])
+    """The body in one message, then the client's own messages (a disconnect, for the route to notice)."""
+    pending = [{"type": "http.request", "body": b"".join(m.get("body", b"") for m in messages), "more_body": False}]
 
     async def replayed() -> Message:
         return pending.pop(0) if pending else await receive()

@@ -19,6 +19,7 @@ from server.embeddings import load_embeddings
 from server.admission import body_size_check, in_flight_check, key_limits_check
 from server.limits import LocalLimiter
 from server.middleware import Check, GatewayMiddleware, api_key_check
+from server.openapi import document_error_statuses
 from server.routes import chat, completions, embeddings, health, models, sagemaker, tgi, tokenize
 from server.settings import Settings
 from server.surrogates import CHECK as REJECT_LONE_SURROGATES
@@ -107,4 +108,5 @@ def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> 
     for router in (health.router, models.router, chat.router, completions.router, embeddings.router,
                    tgi.router, tokenize.router, sagemaker.router):
         app.include_router(router)
+    document_error_statuses(app)
     return app

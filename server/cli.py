@@ -14,6 +14,13 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=None, help="port (INGOT_PORT, default 8000)")
     parser.add_argument("--served-model-name", default=None, help="model id clients use (INGOT_SERVED_MODEL_NAME)")
     parser.add_argument("--max-model-len", type=int, default=None, help="context length cap (INGOT_MAX_MODEL_LEN)")
+    parser.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this PEM certificate chain "
+                        "(INGOT_SSL_CERTFILE; needs --ssl-keyfile)")
+    parser.add_argument("--ssl-keyfile", default=None, help="the certificate's PEM private key (INGOT_SSL_KEYFILE)")
+
+
+def tls_overrides(args: argparse.Namespace) -> dict:
+    return {name: Path(getattr(args, name)) for name in ("ssl_certfile", "ssl_keyfile") if getattr(args, name, None)}
 
 
 def run_gateway(settings) -> None:
@@ -22,7 +29,8 @@ def run_gateway(settings) -> None:
     from server.app import create_app
 
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5,
+                ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -30,7 +38,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env(artifact_dir=Path(args.artifact) if args.artifact else None,
                                  triton_url=args.triton_url, host=args.host, port=args.port,
-                                 served_model_name=args.served_model_name, max_model_len=args.max_model_len)
+                                 served_model_name=args.served_model_name, max_model_len=args.max_model_len,
+                                 **tls_overrides(args))
     run_gateway(settings)
     return 0
 
