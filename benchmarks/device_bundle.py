@@ -40,6 +40,8 @@ WHEELS = (
     "fastapi-offline", "rich", "markdown-it-py", "mdurl", "pygments",
     # constrained decoding in the engine (its GPU test validates with jsonschema)
     "xgrammar", "apache-tvm-ffi", "jsonschema", "jsonschema-specifications", "referencing", "rpds-py", "attrs",
+    # GGUF checkpoints (ingot serve --checkpoint X.gguf, benchmarks/gpu_fidelity.py)
+    "gguf", "pyyaml",
 )
 STUB_WHEELS = ("numpy==1.26.4",)
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
