@@ -33,7 +33,7 @@ def _logprobs(state, body: ChatCompletionRequest, token_ids: list[int], token_lo
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = request.app.state
-    check_model(body.model, state.model.name)
+    check_model(body.model, state.model)
     check_supported(body)
     if body.top_logprobs and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs=true.", "top_logprobs")
@@ -74,7 +74,8 @@ async def _complete(runs: list[GenerationRun], plan: GenerationPlan, choices: Ch
     result = [_answer(index, answer, body, state, tools)
               for index, answer in enumerate(chosen(list(collected), choices, plan, state.tokenizer))]
     usage = Usage.of(prompt_tokens, sum(run.completion_tokens for run in runs))
-    return ChatCompletion(id=new_id("chatcmpl"), model=state.model.name, choices=result, usage=usage)
+    return ChatCompletion(id=new_id("chatcmpl"), model=state.model.name,
+                          system_fingerprint=state.model.fingerprint, choices=result, usage=usage)
 
 
 async def _stream(runs: list[GenerationRun], body: ChatCompletionRequest, state, prompt_tokens: int,
@@ -83,7 +84,8 @@ async def _stream(runs: list[GenerationRun], body: ChatCompletionRequest, state,
     chunk_id, model = new_id("chatcmpl"), state.model.name
 
     def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
-        return sse.event(ChatCompletionChunk(id=chunk_id, model=model, choices=choices, usage=usage))
+        return sse.event(ChatCompletionChunk(id=chunk_id, model=model, system_fingerprint=state.model.fingerprint,
+                                             choices=choices, usage=usage))
 
     for index in range(len(runs)):
         yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])

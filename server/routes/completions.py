@@ -53,7 +53,7 @@ class PromptRuns:
 
 def _plan_prompt(request: Request, body: CompletionRequest, ids: list[int], choices: Choices, guide) -> PromptRuns:
     state = request.app.state
-    requested = 16 if body.max_tokens is None else body.max_tokens
+    requested = requested_tokens(body)
     # max_tokens 0 (with echo) scores the prompt: the engine makes one token, which is dropped.
     max_tokens = output_budget(max(requested, 1), len(ids), state.model.max_model_len, "prompt")
     plan = plan_generation(body, ids, state.tokenizer, max_tokens, return_log_probs=body.logprobs is not None)
@@ -64,10 +64,18 @@ def _plan_prompt(request: Request, body: CompletionRequest, ids: list[int], choi
     return PromptRuns(ids, plan, [GenerationRun(request, p, len(ids)) for p in plans])
 
 
+def requested_tokens(body: CompletionRequest) -> int:
+    """vLLM's max_completion_tokens wins over max_tokens; without either, OpenAI's default of 16."""
+    for value in (body.max_completion_tokens, body.max_tokens):
+        if value is not None:
+            return value
+    return 16
+
+
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     state = request.app.state
-    check_model(body.model, state.model.name)
+    check_model(body.model, state.model)
     check_supported(body)
     if body.suffix:
         raise bad_request("suffix is not supported.", "suffix", "unsupported_parameter")
@@ -119,14 +127,16 @@ async def _complete_all(groups: list[PromptRuns], body: CompletionRequest, state
         for answer in chosen(answers, choices, group.plan, state.tokenizer):
             result.append(_choice(len(result), answer, group, answers[0].context_logits, body, state))
     usage = Usage.of(sum(len(group.ids) for group in groups), completion_tokens)
-    return Completion(id=new_id("cmpl"), model=state.model.name, choices=result, usage=usage)
+    return Completion(id=new_id("cmpl"), model=state.model.name, system_fingerprint=state.model.fingerprint,
+                      choices=result, usage=usage)
 
 
 async def _stream(group: PromptRuns, body: CompletionRequest, state, include_usage: bool) -> AsyncIterator[str]:
     chunk_id, model, tokenizer = new_id("cmpl"), state.model.name, state.tokenizer
 
     def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
-        return sse.event(Completion(id=chunk_id, model=model, choices=choices, usage=usage))
+        return sse.event(Completion(id=chunk_id, model=model, system_fingerprint=state.model.fingerprint,
+                                    choices=choices, usage=usage))
 
     prefix = tokenizer.decode(group.ids) if body.echo else ""
     offsets = [len(prefix)] * len(group.runs)
