@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_REQUIREMENTS = ROOT / "deploy" / "docker" / "requirements-gateway.txt"
 # Left out of the gateway image on purpose: the engines' and the build pipeline's dependencies.
-NOT_IN_GATEWAY = {"torch", "nvidia-pytriton", "boto3", "rich"}
+NOT_IN_GATEWAY = {"torch", "nvidia-pytriton", "boto3", "rich", "gguf"}
 
 
 def _name(requirement: str) -> str:
@@ -33,7 +33,7 @@ def test_gateway_requirements_match_pyproject():
 
 def test_gateway_modules_import_without_the_left_out_packages():
     """The gateway command must start in an image without torch, nvidia-pytriton, boto3 or rich."""
-    blocked = ["torch", "pytriton", "boto3", "botocore", "rich"]
+    blocked = ["torch", "pytriton", "boto3", "botocore", "rich", "gguf"]
     program = (
         "import sys\n"
         f"for name in {blocked!r}:\n"
