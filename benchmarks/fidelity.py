@@ -63,9 +63,9 @@ def engine_logprobs(engine: LLMEngine, ids: list[int]) -> list[float]:
     seq = Sequence("score", list(ids), len(ids), SamplingParams(max_new_tokens=1))
     engine.blocks.allocate(seq, len(ids))
     try:
-        input_ids, positions, meta, _ = engine.runner._prepare([(seq, len(ids))])
+        input_ids, positions, meta, _, lora_slots = engine.runner._prepare([(seq, len(ids))])
         model = engine.runner.model
-        logits = model.logits(model.forward(input_ids, positions, meta, engine.runner.kv_caches))
+        logits = model.logits(model.forward(input_ids, positions, meta, engine.runner.kv_caches, lora_slots))
     finally:
         engine.blocks.free_sequence(seq)
     targets = torch.tensor(ids[1:], device=logits.device)[:, None]
