@@ -7,8 +7,10 @@ per-token log-probabilities and the perplexity of a shipped text agree within 1e
 """
 from __future__ import annotations
 
+import asyncio
 import math
 
+import openai
 import pytest
 import torch
 
@@ -24,6 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 MAX_NEW_TOKENS = 24
 TOLERANCE = 1e-4
+CONCURRENT = [0, 2, 8, 11, 12, 16, 19, 21]  # English, Chinese, code, emoji and the long chat at once
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +120,32 @@ def test_perplexity_of_a_shipped_text_matches(engine, reference, tokenizer):
     theirs = math.exp(-sum(reference_logprobs(model, ids, 1)) / (len(ids) - 1))
     assert 1.5 < theirs < 100  # a real model on English prose, not noise
     assert abs(ours - theirs) < TOLERANCE * theirs
+
+
+async def test_eight_concurrent_chats_through_the_whole_stack(real_model_stack, reference, prompts,
+                                                             reference_outputs, tokenizer):
+    model, _ = reference
+    client = openai.AsyncOpenAI(base_url=f"{real_model_stack.base_url}/v1", api_key=real_model_stack.api_key,
+                                max_retries=0, timeout=300)
+
+    async def ask(index: int):
+        return await client.chat.completions.create(
+            model=real_model_stack.model, messages=CHATS[index], max_tokens=MAX_NEW_TOKENS, temperature=0,
+            logprobs=True)
+
+    try:
+        replies = await asyncio.gather(*(ask(index) for index in CONCURRENT))
+    finally:
+        await client.close()
+    eos = tokenizer.eos_token_id
+    for index, reply in zip(CONCURRENT, replies, strict=True):
+        expected = strip_eos(reference_outputs[index], eos)
+        choice = reply.choices[0]
+        assert choice.message.content == tokenizer.decode(expected), CHATS[index][-1]["content"]
+        assert reply.usage.completion_tokens == len(expected)  # the gateway does not count <|im_end|>
+        assert reply.usage.prompt_tokens == len(prompts[index])
+        served = [entry.logprob for entry in choice.logprobs.content]
+        theirs = reference_logprobs(model, prompts[index] + expected, len(prompts[index]))
+        assert len(served) == len(theirs)
+        assert max(abs(a - b) for a, b in zip(served, theirs, strict=True)) < TOLERANCE
+    assert "Paris" in replies[0].choices[0].message.content
