@@ -118,10 +118,11 @@ def start_stack(args, work: Path, key: str):
     return triton, gateway, base_url
 
 
-def stop_stack(triton, gateway) -> None:
+def stop_stack(triton, gateway, timeout: float = 30.0) -> None:
+    """Stop the gateway (SIGTERM, then SIGKILL after `timeout`), then Triton and its stubs."""
     gateway.terminate()
     try:
-        gateway.wait(timeout=30)
+        gateway.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         gateway.kill()
         gateway.wait()

@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.stack_overhead import stop_stack
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "INGOT_SVE_KEY"
 SPEED_LIMITS = (60.0, 80.0)
@@ -146,7 +148,7 @@ def start_stack(args, work: Path, key: str):
     deadline = time.monotonic() + 180
     while True:
         if gateway.poll() is not None or time.monotonic() > deadline:
-            stop_stack(triton, gateway)
+            stop_stack(triton, gateway, timeout=60)
             raise RuntimeError(f"gateway did not start:\n{(work / 'gateway.log').read_text()[-3000:]}")
         try:
             if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
@@ -154,16 +156,6 @@ def start_stack(args, work: Path, key: str):
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-
-
-def stop_stack(triton, gateway) -> None:
-    gateway.terminate()
-    try:
-        gateway.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        gateway.kill()
-        gateway.wait()
-    triton.stop()
 
 
 def run_stack(args, work: Path) -> list[dict]:
@@ -184,7 +176,7 @@ def run_stack(args, work: Path) -> list[dict]:
                     "--num-requests", str(max_users * args.requests_per_user), "--duration", str(args.duration),
                     "--fresh-prompts", "--out", str(out)])
     finally:
-        stop_stack(triton, gateway)
+        stop_stack(triton, gateway, timeout=60)
     report = json.loads((out / "report.json").read_text())
     return [run["summary"] for run in report["runs"] if run["target"] == "stack"]
 
