@@ -33,6 +33,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from benchmarks.stack_vs_engine import stop_stack
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Tell me a long story about the sea, the ships that sail it and the people who wait for them."
 
@@ -116,17 +118,6 @@ def start_stack(args, work: Path, key: str):
             pass
         time.sleep(0.3)
     return triton, gateway, base_url
-
-
-def stop_stack(triton, gateway, timeout: float = 30.0) -> None:
-    """Stop the gateway (SIGTERM, then SIGKILL after `timeout`), then Triton and its stubs."""
-    gateway.terminate()
-    try:
-        gateway.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        gateway.kill()
-        gateway.wait()
-    triton.stop()
 
 
 # ---- the load

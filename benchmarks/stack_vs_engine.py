@@ -33,8 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.stack_overhead import stop_stack
-
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "INGOT_SVE_KEY"
 SPEED_LIMITS = (60.0, 80.0)
@@ -121,6 +119,17 @@ def run_engine(args) -> int:
 
 
 # ---- the stack
+
+
+def stop_stack(triton, gateway, timeout: float = 30.0) -> None:
+    """Stop the gateway (SIGTERM, then SIGKILL after `timeout`), then Triton and its stubs."""
+    gateway.terminate()
+    try:
+        gateway.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        gateway.kill()
+        gateway.wait()
+    triton.stop()
 
 
 def start_stack(args, work: Path, key: str):
