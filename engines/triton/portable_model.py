@@ -156,10 +156,14 @@ class TritonPythonModel:
             self.wake.set()
 
     def _update_gauges(self) -> None:
+        # The request count is read first and published last: each `set` is a round trip to tritonserver,
+        # and a scrape that sees a request gone must also see the blocks it freed (the engine frees them
+        # before its final output leaves the outbox).
+        running = len(self.outbox)
         values = {
-            "ingot_engine_running_requests": len(self.outbox),
             "ingot_engine_free_kv_blocks": self.engine.num_free_blocks,
             "ingot_engine_total_kv_blocks": self.engine.num_total_blocks,
+            "ingot_engine_running_requests": running,
         }
         for name, value in values.items():
             self.gauges[name][1].set(value)
