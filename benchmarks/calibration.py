@@ -36,7 +36,14 @@ class Pace:
 
 def create_app(pace: Pace = Pace()) -> FastAPI:
     app = FastAPI(title="ingot calibration target")
+    # Per stream: [arrival, token 0 sent, token 1 sent, ...] on time.perf_counter's clock. A benchmark run in
+    # the same process shares that clock, so tests can check its figures against what really happened here.
+    app.state.timings = []
     counter = itertools.count(1)
+
+    def stamps(arrival: float) -> list[float]:
+        app.state.timings.append(times := [arrival])
+        return times
 
     async def admit(request: Request) -> tuple[dict | None, JSONResponse | None, bool]:
         """(body, an error response to send instead, whether to break this stream)."""
@@ -57,25 +64,28 @@ def create_app(pace: Pace = Pace()) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
+        times = stamps(time.perf_counter())
         body, error, broken = await admit(request)
         if error:
             return error
         prompt = " ".join(str(m.get("content", "")) for m in body.get("messages", []))
-        return _sse(_openai_events("chat.completion.chunk", body, prompt, pace, broken))
+        return _sse(_openai_events("chat.completion.chunk", body, prompt, pace, broken, times))
 
     @app.post("/v1/completions")
     async def completions(request: Request):
+        times = stamps(time.perf_counter())
         body, error, broken = await admit(request)
         if error:
             return error
-        return _sse(_openai_events("text_completion", body, str(body.get("prompt", "")), pace, broken))
+        return _sse(_openai_events("text_completion", body, str(body.get("prompt", "")), pace, broken, times))
 
     @app.post("/generate_stream")
     async def generate_stream(request: Request):
+        times = stamps(time.perf_counter())
         body, error, broken = await admit(request)
         if error:
             return error
-        return _sse(_tgi_events(body, pace, broken))
+        return _sse(_tgi_events(body, pace, broken, times))
 
     return app
 
@@ -91,22 +101,25 @@ def _sse(events: AsyncIterator[dict | str]) -> StreamingResponse:
     return StreamingResponse(frames(), media_type="text/event-stream")
 
 
-async def _paced(count: int, pace: Pace, broken: bool) -> AsyncIterator[int]:
-    """Token numbers 0..count-1, token k due at ttft + k·itl after the start (no drift from late wake-ups)."""
+async def _paced(count: int, pace: Pace, broken: bool, times: list[float]) -> AsyncIterator[int]:
+    """Token numbers 0..count-1, token k due at ttft + k·itl after the start (no drift from late wake-ups);
+    each one's real send time is appended to `times`."""
     start = time.perf_counter()
     for k in range(count):
         if broken and k == pace.break_after:
             raise ConnectionAbortedError("calibration target: planned broken stream")
         await asyncio.sleep(max(0.0, start + pace.ttft + k * pace.itl - time.perf_counter()))
+        times.append(time.perf_counter())
         yield k
 
 
-async def _openai_events(kind: str, body: dict, prompt: str, pace: Pace, broken: bool) -> AsyncIterator[dict | str]:
+async def _openai_events(kind: str, body: dict, prompt: str, pace: Pace, broken: bool,
+                         times: list[float]) -> AsyncIterator[dict | str]:
     count = int(body.get("max_tokens") or 16)
     base = {"id": "calibration", "object": kind, "created": int(time.time()), "model": pace.model}
     if kind == "chat.completion.chunk":
         yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-    async for k in _paced(count, pace, broken):
+    async for k in _paced(count, pace, broken, times):
         finish = "length" if k == count - 1 else None
         choice = ({"index": 0, "delta": {"content": f" t{k}"}, "finish_reason": finish}
                   if kind == "chat.completion.chunk" else {"index": 0, "text": f" t{k}", "finish_reason": finish})
@@ -118,10 +131,10 @@ async def _openai_events(kind: str, body: dict, prompt: str, pace: Pace, broken:
     yield "[DONE]"
 
 
-async def _tgi_events(body: dict, pace: Pace, broken: bool) -> AsyncIterator[dict]:
+async def _tgi_events(body: dict, pace: Pace, broken: bool, times: list[float]) -> AsyncIterator[dict]:
     count = int((body.get("parameters") or {}).get("max_new_tokens") or 16)
     text = []
-    async for k in _paced(count, pace, broken):
+    async for k in _paced(count, pace, broken, times):
         text.append(f" t{k}")
         last = k == count - 1
         yield {"index": k + 1, "token": {"id": k, "text": f" t{k}", "logprob": 0.0, "special": False},

@@ -13,11 +13,27 @@ from benchmarks.calibration import create_app, serve_in_thread
 from benchmarks.cli import main as bench_main
 
 
+class CalibrationTargets:
+    """Call with a `Pace`: starts that calibration server on a free port and returns its base URL.
+    `timings(url)` gives that server's own record of each stream: [arrival, token 0 sent, token 1 sent, ...]."""
+
+    def __init__(self, stack: ExitStack):
+        self._stack, self._apps = stack, {}
+
+    def __call__(self, pace) -> str:
+        app = create_app(pace)
+        url = self._stack.enter_context(serve_in_thread(app))
+        self._apps[url] = app
+        return url
+
+    def timings(self, url: str) -> list[list[float]]:
+        return self._apps[url].state.timings
+
+
 @pytest.fixture
 def calibration_target():
-    """Call with a `Pace`: starts that calibration server on a free port and returns its base URL."""
     with ExitStack() as stack:
-        yield lambda pace: stack.enter_context(serve_in_thread(create_app(pace)))
+        yield CalibrationTargets(stack)
 
 
 @pytest.fixture

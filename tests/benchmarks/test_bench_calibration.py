@@ -1,5 +1,12 @@
-"""The benchmark measured against servers whose pace is known: TTFT 50 ms, then one token every 20 ms."""
+"""The benchmark measured against servers whose pace is known: TTFT 50 ms, then one token every 20 ms.
+
+The figures are checked against the calibration server's own record of when each token left (same process,
+same clock), not against the nominal pace: on a busy machine the server runs late, and a benchmark that
+reports that lateness faithfully is right.
+"""
 from __future__ import annotations
+
+import statistics
 
 import matplotlib.image
 
@@ -7,13 +14,29 @@ from benchmarks.calibration import Pace
 
 PACE = Pace(ttft=0.05, itl=0.02)   # 50 tok/s per user
 SMALL = ("--num-requests", "4", "--input-tokens", "12", "--output-tokens", "12", "--server", "ingot")
+REQUESTS = 4
+TRANSPORT_SLACK_S = 0.03   # from the server's send to the client's read, loopback on a loaded machine
 
 
-def assert_on_pace(summary: dict) -> None:
-    speed = 1 / PACE.itl
-    assert abs(summary["decode_speed"]["p50"] - speed) <= 0.1 * speed
-    assert abs(summary["tpot"]["p50"] - PACE.itl) <= 0.1 * PACE.itl
-    assert PACE.ttft <= summary["ttft"]["p50"] <= PACE.ttft * 1.1 + 0.01
+def served(timings: list[list[float]]) -> tuple[float, float]:
+    """The server-side (TTFT p50, time per output token p50) of these streams."""
+    ttft = statistics.median(t[1] - t[0] for t in timings)
+    tpot = statistics.median((t[-1] - t[1]) / (len(t) - 2) for t in timings)
+    return ttft, tpot
+
+
+def assert_on_pace(summary: dict, timings: list[list[float]]) -> None:
+    ttft, tpot = served(timings)
+    # The client's interval holds the server's: it sends before the server's arrival stamp and reads after
+    # the send stamp, so its TTFT can only be longer, by the transport time.
+    assert ttft <= summary["ttft"]["p50"] <= ttft + TRANSPORT_SLACK_S
+    assert abs(summary["tpot"]["p50"] - tpot) <= 0.15 * tpot
+    assert abs(summary["decode_speed"]["p50"] - 1 / tpot) <= 0.15 / tpot
+
+
+def per_point(timings: list[list[float]], point: int) -> list[list[float]]:
+    """The streams of the `point`-th load point run against one target (points run one after another)."""
+    return timings[point * REQUESTS:(point + 1) * REQUESTS]
 
 
 def test_closed_loop_sweep_measures_the_known_pace(calibration_target, run_bench, assert_consistent):
@@ -24,10 +47,10 @@ def test_closed_loop_sweep_measures_the_known_pace(calibration_target, run_bench
     assert [(e["point"]["mode"], e["point"]["value"]) for e in report["runs"]] == [("concurrency", 1),
                                                                                    ("concurrency", 2)]
     assert_consistent(report, output_tokens=12)
-    for entry in report["runs"]:
+    for point, entry in enumerate(report["runs"]):
         assert entry["summary"]["ok"] == 4 and entry["summary"]["errors"] == {}
         assert all(r["prompt_tokens"] == 12 for r in entry["records"])   # the server's usage: 12 words
-        assert_on_pace(entry["summary"])
+        assert_on_pace(entry["summary"], per_point(calibration_target.timings(url), point))
     assert report["runs"][0]["records"][0]["max_tokens"] == 12
 
 
@@ -41,7 +64,7 @@ def test_open_loop_poisson_run(calibration_target, run_bench, assert_consistent)
     sends = [r["send_time"] for r in entry["records"]]
     assert sends == sorted(sends) and len(sends) == 4
     assert_consistent(report, output_tokens=12)
-    assert_on_pace(entry["summary"])
+    assert_on_pace(entry["summary"], calibration_target.timings(url))
 
 
 def test_completions_and_tgi_shapes(calibration_target, run_bench, assert_consistent):
@@ -51,8 +74,8 @@ def test_completions_and_tgi_shapes(calibration_target, run_bench, assert_consis
 
     assert code == 0
     assert_consistent(report, output_tokens=12)
-    for entry in report["runs"]:
-        assert_on_pace(entry["summary"])
+    for point, entry in enumerate(report["runs"]):   # both targets are the same server, one after the other
+        assert_on_pace(entry["summary"], per_point(calibration_target.timings(url), point))
         assert len(entry["records"][0]["chunk_times"]) == 12
 
 
@@ -96,8 +119,10 @@ def test_two_targets_interleave_and_produce_a_ratio_table(calibration_target, ru
     assert_consistent(report, output_tokens=12)
     ratios = report["ratios"]
     assert ratios["baseline"] == "fast" and [row["point"] for row in ratios["points"]] == ["c=1", "c=2"]
-    for row in ratios["points"]:
-        assert 0.4 < row["decode_speed_p50"] < 0.6      # 25 tok/s against 50 tok/s
+    for point, row in enumerate(ratios["points"]):   # about 25 tok/s against 50 tok/s, as the servers really ran
+        (_, fast_tpot), (_, slow_tpot) = (served(per_point(calibration_target.timings(url), point))
+                                          for url in (fast, slow))
+        assert abs(row["decode_speed_p50"] - fast_tpot / slow_tpot) <= 0.15 * fast_tpot / slow_tpot
     assert "## Ratios to fast" in (out / "summary.md").read_text()
 
 
