@@ -1,8 +1,11 @@
-"""Serving TGI's native API on our engine: its parameters to one generation plan, its answers and errors.
+"""Serving TGI's native API on our engine: its parameters to engine requests, and its errors.
 
 TGI's semantics kept: sampling only with `do_sample` or a sampling setting (temperature, top_k, top_p),
 else greedy; a sampled request without a seed gets one, reported in `details.seed`; `truncate` keeps the
 last tokens of the input; errors are `{"error", "error_type"}` (422 for validation) as TGI's clients parse.
+`best_of` is the gateway's fan-out (server/choices.py: one engine request per sequence, each with its own
+seed); `top_n_tokens` and `decoder_input_details` come from the raw logits rows (server/logprobs.py). The
+answers are shaped in server/tgi_answers.py.
 """
 from __future__ import annotations
 
@@ -14,21 +17,21 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from server.choices import Choices, plans_for
 from server.errors import APIError
-from server.protocol import CompletionRequest
-from server.protocols.tgi import Details, GenerateParameters, GenerateRequest, StreamDetails, Token
+from server.protocol import MAX_CHOICES, CompletionRequest
+from server.protocols.tgi import GenerateParameters, GenerateRequest
 from server.runner import GenerationRun
 from server.sampling import output_budget, plan_generation
 from server.tokenizer import Tokenizer
 
 DEFAULT_MAX_NEW_TOKENS = 100  # TGI's default
+MAX_BEST_OF = MAX_CHOICES  # /info's max_best_of: each is one engine request
+MAX_TOP_N_TOKENS = 5  # TGI's default --max-top-n-tokens
 REFUSED = {  # parameter → why it is refused (a clear 422, never ignored)
     "watermark": "watermark is not supported: this server does not watermark its outputs.",
     "adapter_id": "adapter_id is not supported: this server serves no LoRA adapters.",
     "typical_p": "typical_p is not supported by this server's samplers.",
-    "decoder_input_details": "decoder_input_details is not supported yet: the engine returns no prompt "
-                             "logprobs.",
-    "top_n_tokens": "top_n_tokens is not supported yet: the engine returns no alternative tokens.",
 }
 ERROR_TYPES = {400: "validation", 401: "authentication", 404: "validation", 413: "validation",
                429: "overloaded", 499: "cancelled", 503: "unavailable"}
@@ -69,14 +72,29 @@ async def parse_generate(request: Request) -> GenerateRequest:
 
 
 def refuse_unsupported(parameters: GenerateParameters, streaming: bool) -> None:
+    """TGI's router rules for the parameters it checks beyond their types, with its messages."""
     for name, message in REFUSED.items():
         value = getattr(parameters, name)
         if value not in (None, False, 0):
             raise APIError(400, message, param=name)
-    if (parameters.best_of or 1) > 1:
+    best_of = parameters.best_of or 1
+    if best_of > 1:
         if streaming:
-            raise APIError(400, "best_of > 1 is not supported when streaming.", param="best_of")
-        raise APIError(400, "best_of > 1 is not supported yet.", param="best_of")
+            raise APIError(400, "`best_of` != 1 is not supported when streaming tokens", param="best_of")
+        if best_of > MAX_BEST_OF:
+            raise APIError(400, f"`best_of` must be > 0 and <= {MAX_BEST_OF}. Given: {best_of}", param="best_of")
+        if not samples(parameters):
+            raise APIError(400, "you must use sampling when `best_of` is > 1 (do_sample, or a temperature other "
+                                "than 1, top_k or top_p): greedy sequences would all be the same", param="best_of")
+        if parameters.seed is not None:
+            raise APIError(400, "`seed` must not be set when `best_of` > 1", param="seed")
+    if parameters.decoder_input_details and streaming:
+        raise APIError(400, "`decoder_input_details` == true is not supported when streaming tokens",
+                       param="decoder_input_details")
+    top_n = parameters.top_n_tokens or 0
+    if top_n > MAX_TOP_N_TOKENS:
+        raise APIError(400, f"`top_n_tokens` must be >= 0 and <= {MAX_TOP_N_TOKENS}. Given: {top_n}",
+                       param="top_n_tokens")
 
 
 def guide_of(grammar) -> tuple[str, str]:
@@ -108,11 +126,19 @@ def samples(parameters: GenerateParameters) -> bool:
 
 @dataclass
 class TgiGeneration:
-    run: GenerationRun
+    """One TGI request's engine requests: one, or best_of sampled ones (the gateway's fan-out)."""
+
+    runs: list[GenerationRun]
+    seeds: list[int | None]  # each run's seed, reported in its details
     prompt_ids: list[int]
-    seed: int | None
     return_full_text: bool
     inputs: str
+    top_n_tokens: int = 0
+    prefill: bool = False  # decoder_input_details: the prompt's tokens with their logprobs
+
+    @property
+    def run(self) -> GenerationRun:
+        return self.runs[0]
 
 
 def plan(body: GenerateRequest, request: Request, streaming: bool) -> TgiGeneration:
@@ -140,42 +166,16 @@ def plan(body: GenerateRequest, request: Request, streaming: bool) -> TgiGenerat
     generation = plan_generation(fields, prompt_ids, tokenizer, max_tokens, return_log_probs=True)
     if parameters.grammar is not None:
         generation.request.guide_type, generation.request.guide = guide_of(parameters.grammar)
-    return TgiGeneration(GenerationRun(request, generation, len(prompt_ids)), prompt_ids, seed,
-                         bool(parameters.return_full_text), body.inputs)
+    top_n = parameters.top_n_tokens or 0
+    generation.request.return_generation_logits = top_n > 0  # top tokens come from the raw logits rows
+    plans = plans_for(generation, Choices(1, parameters.best_of or 1), fields)
+    plans[0].request.return_context_logits = parameters.decoder_input_details  # once: the prompt is shared
+    seeds = [p.request.random_seed if sampling else None for p in plans]
+    return TgiGeneration([GenerationRun(request, p, len(prompt_ids)) for p in plans], seeds, prompt_ids,
+                         bool(parameters.return_full_text), body.inputs, top_n, parameters.decoder_input_details)
 
 
 def finish_reason(reason: str | None, last_token: int | None, tokenizer: Tokenizer) -> str:
     if reason == "length":
         return "length"
     return "eos_token" if last_token is not None and last_token == tokenizer.eos_token_id else "stop_sequence"
-
-
-def tokens(tokenizer: Tokenizer, ids: list[int], logprobs: list[float] | None) -> list[Token]:
-    special = tokenizer.special_ids
-    logprobs = logprobs or [None] * len(ids)
-    return [Token(id=i, text=tokenizer.token_text(i), logprob=lp, special=i in special)
-            for i, lp in zip(ids, logprobs, strict=False)]
-
-
-async def complete(generation: TgiGeneration, details: bool, tokenizer: Tokenizer) -> dict:
-    await generation.run.start()
-    text, ids, logprobs, reason = [], [], [], None
-    async for delta in generation.run.deltas():
-        text.append(delta.text)
-        ids.extend(delta.token_ids)
-        logprobs.extend(delta.logprobs or [])
-        reason = delta.finish_reason or reason
-    generated = "".join(text)
-    out: dict = {"generated_text": generation.inputs + generated if generation.return_full_text else generated}
-    if details:
-        out["details"] = Details(
-            finish_reason=finish_reason(reason, ids[-1] if ids else None, tokenizer),
-            generated_tokens=generation.run.completion_tokens, seed=generation.seed,
-            tokens=tokens(tokenizer, ids, logprobs)).model_dump()
-    return out
-
-
-def stream_details(generation: TgiGeneration, reason: str, last: int | None, tokenizer: Tokenizer) -> StreamDetails:
-    return StreamDetails(finish_reason=finish_reason(reason, last, tokenizer),
-                         generated_tokens=generation.run.completion_tokens, seed=generation.seed,
-                         input_length=len(generation.prompt_ids))

@@ -11,7 +11,7 @@ MAX_STOP_SEQUENCES = 16
 class GenerateParameters(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    best_of: int | None = Field(default=None, gt=0)
+    best_of: int | None = Field(default=None, gt=0, lt=2**31)  # its upper bound: server/tgi.py, as TGI's router
     temperature: float | None = Field(default=None, gt=0.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
@@ -27,7 +27,7 @@ class GenerateParameters(BaseModel):
     details: bool = False
     decoder_input_details: bool = False
     seed: int | None = Field(default=None, ge=0, lt=2**64)
-    top_n_tokens: int | None = Field(default=None, ge=0, le=5)
+    top_n_tokens: int | None = Field(default=None, ge=0, lt=2**31)  # likewise
     grammar: Any = None
     adapter_id: str | None = None
 
@@ -53,12 +53,41 @@ class PrefillToken(BaseModel):
     logprob: float | None
 
 
+class BestOfSequence(BaseModel):
+    generated_text: str
+    finish_reason: str
+    generated_tokens: int
+    seed: int | None
+    prefill: list[PrefillToken] = Field(default_factory=list)
+    tokens: list[Token] = Field(default_factory=list)
+    top_tokens: list[list[Token]] | None = None  # left out when empty, as TGI does
+
+
 class Details(BaseModel):
     finish_reason: str
     generated_tokens: int
     seed: int | None
     prefill: list[PrefillToken] = Field(default_factory=list)
     tokens: list[Token] = Field(default_factory=list)
+    best_of_sequences: list[BestOfSequence] | None = None  # only with best_of > 1
+    top_tokens: list[list[Token]] | None = None  # only with top_n_tokens > 0
+
+
+def dump_tgi(model: BaseModel) -> dict:
+    """TGI's JSON: `top_tokens` and `best_of_sequences` are left out when empty (nullable fields such as
+    `seed` stay, as null)."""
+    def prune(value):
+        if isinstance(value, dict):
+            return {key: prune(item) for key, item in value.items()
+                    if not (key in OMITTED_WHEN_EMPTY and not item)}
+        if isinstance(value, list):
+            return [prune(item) for item in value]
+        return value
+
+    return prune(model.model_dump())
+
+
+OMITTED_WHEN_EMPTY = frozenset({"top_tokens", "best_of_sequences"})
 
 
 class GenerateResponse(BaseModel):

@@ -8,7 +8,7 @@ from importlib import metadata
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from server import tgi
+from server import tgi, tgi_answers
 from server.errors import APIError
 from server.protocols.tgi import GenerateRequest, Info, StreamResponse, Token
 from server.runner import unless_disconnected
@@ -50,7 +50,8 @@ async def compat_generate(request: Request):
 async def _generate(body: GenerateRequest, request: Request) -> dict:
     generation = tgi.plan(body, request, streaming=False)
     details = body.parameters.details or body.parameters.decoder_input_details
-    return await unless_disconnected(request, tgi.complete(generation, details, request.app.state.tokenizer))
+    return await unless_disconnected(request, tgi_answers.complete(generation, details,
+                                                                   request.app.state.tokenizer))
 
 
 async def _generate_stream(body: GenerateRequest, request: Request) -> StreamingResponse:
@@ -69,7 +70,8 @@ async def _events(generation: tgi.TgiGeneration, details: bool, tokenizer) -> As
         async for delta in generation.run.deltas():
             text.append(delta.text)
             if delta.token_ids:
-                events = _token_events(delta, index, tokenizer)
+                events = _token_events(delta, index, tokenizer,
+                                       tgi_answers.stream_top_tokens(generation, delta, tokenizer))
             else:  # an empty last response: its text (a flushed tail) rides on a repeat of the last token
                 events = [StreamResponse(index=index + 1, token=Token(id=last if last is not None else 0,
                                                                       text=delta.text, logprob=None, special=True))]
@@ -78,26 +80,28 @@ async def _events(generation: tgi.TgiGeneration, details: bool, tokenizer) -> As
                 generated = "".join(text)
                 events[-1].generated_text = generation.inputs + generated if generation.return_full_text else generated
                 if details:
-                    events[-1].details = tgi.stream_details(generation, delta.finish_reason, last, tokenizer)
-            for event in events:
-                yield f"data:{event.model_dump_json()}\n\n"
+                    events[-1].details = tgi_answers.stream_details(generation, delta.finish_reason, last,
+                                                                    tokenizer)
+            for event in events:  # top_tokens is left out when not asked for, as TGI does
+                yield f"data:{event.model_dump_json(exclude=None if event.top_tokens else {'top_tokens'})}\n\n"
     except APIError as error:
         yield tgi.stream_error(error)
 
 
-def _token_events(delta, index: int, tokenizer) -> list[StreamResponse]:
+def _token_events(delta, index: int, tokenizer, top: list[list[Token]] | None) -> list[StreamResponse]:
     logprobs = delta.logprobs or [None] * len(delta.token_ids)
     final = len(delta.token_ids) - 1
     return [StreamResponse(index=index + 1 + position,
-                           token=Token(id=token_id, text=delta.text if position == final else "", logprob=logprob,
-                                       special=token_id in tokenizer.special_ids))
+                           token=tgi_answers.token(tokenizer, token_id, logprob,
+                                                   delta.text if position == final else ""),
+                           top_tokens=top[position] if top else None)
             for position, (token_id, logprob) in enumerate(zip(delta.token_ids, logprobs, strict=False))]
 
 
 @router.get("/info")
 async def info(request: Request) -> JSONResponse:
     model = request.app.state.model
-    return JSONResponse(Info(model_id=model.name, max_concurrent_requests=128,
+    return JSONResponse(Info(model_id=model.name, max_concurrent_requests=128, max_best_of=tgi.MAX_BEST_OF,
                              max_input_tokens=model.max_model_len - 1, max_total_tokens=model.max_model_len,
                              version=_version()).model_dump())
 

@@ -87,14 +87,15 @@ def test_generate_stream_route_sends_tgi_events(ingot_stack):
         lines = [line for line in response.iter_lines() if line.startswith("data:")]
     events = [json.loads(line[len("data:"):]) for line in lines]
     assert events and events[-1]["generated_text"] is not None
-    assert set(events[0]) == {"index", "token", "generated_text", "details", "top_tokens"}
+    assert set(events[0]) == {"index", "token", "generated_text", "details"}  # top_tokens only when asked
 
 
 @pytest.mark.parametrize("parameters, fragment", [
     ({"watermark": True}, "watermark"),
-    ({"best_of": 2}, "best_of"),
-    ({"top_n_tokens": 2}, "top_n_tokens"),
-    ({"decoder_input_details": True, "details": True}, "decoder_input_details"),
+    ({"best_of": 2}, "you must use sampling when `best_of` is > 1"),
+    ({"best_of": 2, "do_sample": True, "seed": 1}, "`seed` must not be set"),
+    ({"best_of": 17, "do_sample": True}, "`best_of` must be > 0 and <= 16. Given: 17"),
+    ({"top_n_tokens": 6}, "`top_n_tokens` must be >= 0 and <= 5"),
     ({"temperature": 0}, "temperature"),
     ({"top_p": 1.0}, "top_p"),
     ({"max_new_tokens": 100000}, "maximum context length"),
@@ -104,6 +105,87 @@ def test_refused_parameters_are_tgi_validation_errors(ingot_stack, parameters, f
     assert response.status_code == 422, response.text
     body = response.json()
     assert body["error_type"] == "validation" and fragment in body["error"]
+
+
+@pytest.mark.parametrize("parameters, fragment", [
+    ({"best_of": 2, "do_sample": True}, "`best_of` != 1 is not supported when streaming tokens"),
+    ({"decoder_input_details": True, "details": True}, "`decoder_input_details` == true is not supported when"),
+])
+def test_what_tgi_does_not_stream_is_refused_on_generate_stream(ingot_stack, parameters, fragment):
+    response = _post(ingot_stack, "/generate_stream", {"inputs": "Hello", "parameters": parameters})
+    assert response.status_code == 422 and fragment in response.json()["error"], response.text
+
+
+def _reference_top(reference_model, prompt_ids: list[int], new_ids: list[int], k: int) -> list[list[tuple]]:
+    """transformers' k most likely (id, logprob) after the prompt and each generated token."""
+    import torch
+
+    with torch.no_grad():
+        logits = reference_model(torch.tensor([prompt_ids + new_ids])).logits[0, len(prompt_ids) - 1: -1]
+    top = logits.float().log_softmax(-1).topk(k)
+    return [list(zip(ids.tolist(), values.tolist(), strict=True)) for values, ids in zip(*top, strict=True)]
+
+
+def _get(token, name: str):
+    """A token's field: huggingface_hub leaves the tokens of nested lists (top_tokens) as dicts."""
+    return token[name] if isinstance(token, dict) else getattr(token, name)
+
+
+def test_top_n_tokens_are_the_models_most_likely_tokens(hub, tokenizer, reference_model):
+    prompt_ids = tokenizer.encode("Hello")
+    out = hub.text_generation("Hello", max_new_tokens=5, details=True, top_n_tokens=3, stop=[])
+    ids = [t.id for t in out.details.tokens]
+    assert len(out.details.top_tokens) == len(ids) == out.details.generated_tokens
+    for chosen, top, want in zip(out.details.tokens, out.details.top_tokens,
+                                 _reference_top(reference_model, prompt_ids, ids, 3), strict=True):
+        assert [_get(t, "id") for t in top] == [token_id for token_id, _ in want]
+        assert [_get(t, "logprob") for t in top] == pytest.approx([logprob for _, logprob in want], abs=1e-3)
+        assert _get(top[0], "id") == chosen.id  # greedy takes the most likely
+        assert _get(top[0], "logprob") == pytest.approx(chosen.logprob, abs=1e-5)
+        assert all(_get(t, "text") == tokenizer.token_text(_get(t, "id")) for t in top)
+
+
+def test_streamed_tokens_carry_their_top_tokens(hub):
+    events = list(hub.text_generation("你好", max_new_tokens=6, stream=True, details=True, top_n_tokens=2))
+    plain = hub.text_generation("你好", max_new_tokens=6, details=True, top_n_tokens=2)
+    assert ([[_get(t, "id") for t in e.top_tokens] for e in events]
+            == [[_get(t, "id") for t in top] for top in plain.details.top_tokens])
+    assert all(_get(e.top_tokens[0], "id") == e.token.id for e in events)  # greedy takes the most likely
+
+
+def test_decoder_input_details_score_the_prompt(hub, tokenizer, reference_logprobs):
+    prompt = "The quick brown fox 你好"
+    prompt_ids = tokenizer.encode(prompt)
+    out = hub.text_generation(prompt, max_new_tokens=3, details=True, decoder_input_details=True)
+    prefill = out.details.prefill
+    assert [t.id for t in prefill] == prompt_ids
+    assert [t.text for t in prefill] == [tokenizer.token_text(i) for i in prompt_ids]
+    assert prefill[0].logprob is None  # nothing comes before the first token
+    want = reference_logprobs(prompt_ids[:1], prompt_ids[1:])
+    assert [t.logprob for t in prefill[1:]] == pytest.approx(want, abs=1e-3)
+    without = hub.text_generation(prompt, max_new_tokens=3, details=True)
+    assert without.details.prefill == [] and without.generated_text == out.generated_text
+
+
+def test_best_of_keeps_the_highest_mean_logprob_and_reports_the_others(hub):
+    out = hub.text_generation("Hello", max_new_tokens=8, best_of=3, do_sample=True, temperature=1.5,
+                              details=True, return_full_text=True, decoder_input_details=True, stop=[])
+    others = out.details.best_of_sequences
+    assert len(others) == 2
+    seeds = {out.details.seed, *(other.seed for other in others)}
+    assert len(seeds) == 3  # each sequence sampled with its own seed
+
+    def mean(tokens):
+        return sum(t.logprob for t in tokens) / len(tokens)
+
+    assert all(mean(out.details.tokens) >= mean(other.tokens) for other in others)
+    assert all(other.prefill == out.details.prefill and other.prefill for other in others)
+    for text, seed in [(out.generated_text, out.details.seed), *((o.generated_text, o.seed) for o in others)]:
+        assert text.startswith("Hello")  # return_full_text applies to every sequence
+        again = hub.text_generation("Hello", max_new_tokens=8, do_sample=True, temperature=1.5, seed=seed, stop=[])
+        assert "Hello" + again == text  # each reported seed reproduces its sequence
+    plain = hub.text_generation("Hello", max_new_tokens=8, best_of=2, do_sample=True)
+    assert isinstance(plain, str)  # without details: only the best text
 
 
 def test_hub_raises_its_validation_error(hub):
@@ -118,6 +200,7 @@ def test_generation_routes_need_the_key_info_and_ping_do_not(ingot_stack):
     assert _post(ingot_stack, "/generate", {"inputs": "Hello"}, key="wrong").status_code == 401
     info = httpx.get(f"{ingot_stack.base_url}/info", timeout=30).json()
     assert info["model_id"] == ingot_stack.model and info["max_total_tokens"] == 512
+    assert info["max_best_of"] == 16
     assert httpx.get(f"{ingot_stack.base_url}/ping", timeout=30).status_code == 200
 
 
