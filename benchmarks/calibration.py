@@ -62,30 +62,27 @@ def create_app(pace: Pace = Pace()) -> FastAPI:
     async def models() -> dict:
         return {"object": "list", "data": [{"id": pace.model, "object": "model", "owned_by": "calibration"}]}
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
+    async def stream(request: Request, events):
+        """Admit the request, then stream `events(body, broken, times)` as server-sent events."""
         times = stamps(time.perf_counter())
         body, error, broken = await admit(request)
-        if error:
-            return error
-        prompt = " ".join(str(m.get("content", "")) for m in body.get("messages", []))
-        return _sse(_openai_events("chat.completion.chunk", body, prompt, pace, broken, times))
+        return error or _sse(events(body, broken, times))
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        def events(body, broken, times):
+            prompt = " ".join(str(m.get("content", "")) for m in body.get("messages", []))
+            return _openai_events("chat.completion.chunk", body, prompt, pace, broken, times)
+        return await stream(request, events)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        times = stamps(time.perf_counter())
-        body, error, broken = await admit(request)
-        if error:
-            return error
-        return _sse(_openai_events("text_completion", body, str(body.get("prompt", "")), pace, broken, times))
+        return await stream(request, lambda body, broken, times: _openai_events(
+            "text_completion", body, str(body.get("prompt", "")), pace, broken, times))
 
     @app.post("/generate_stream")
     async def generate_stream(request: Request):
-        times = stamps(time.perf_counter())
-        body, error, broken = await admit(request)
-        if error:
-            return error
-        return _sse(_tgi_events(body, pace, broken, times))
+        return await stream(request, lambda body, broken, times: _tgi_events(body, pace, broken, times))
 
     return app
 
