@@ -54,6 +54,9 @@ class BuildOptions:
     max_seq_len: int | None = None
     max_num_tokens: int | None = None
     kv_cache_free_gpu_mem_fraction: float | None = None
+    max_beam_width: int | None = None
+    gather_context_logits: bool | None = None
+    gather_generation_logits: bool | None = None
     work_dir: str | None = None
     examples_dir: str | None = None
     engine_path: str | None = None  # gpt_model_path as the Triton container sees it
@@ -116,7 +119,9 @@ def resolve_profile(options: BuildOptions, report: CheckpointReport) -> BuildPro
     base = get_profile(options.profile, tp_size=options.tp_size, pp_size=options.pp_size,
                        quantization=options.quantization, dtype=options.dtype,
                        max_batch_size=options.max_batch_size, max_num_tokens=options.max_num_tokens,
-                       kv_cache_free_gpu_mem_fraction=options.kv_cache_free_gpu_mem_fraction)
+                       kv_cache_free_gpu_mem_fraction=options.kv_cache_free_gpu_mem_fraction,
+                       max_beam_width=options.max_beam_width, gather_context_logits=options.gather_context_logits,
+                       gather_generation_logits=options.gather_generation_logits)
     limit = report.config.max_position_embeddings
     max_seq_len = options.max_seq_len or min(base.max_seq_len, limit)
     max_input_len = options.max_input_len or min(base.max_input_len, max_seq_len)
@@ -232,7 +237,7 @@ def _build(options: BuildOptions, console: Console, stdout: Console, scratch: Pa
                        plan={"trtllm_plan": plan.to_dict()},
                        tokenizer=report.tokenizer.to_dict() if report.tokenizer else {})
     else:
-        settings = TrtllmSettings(max_batch_size=profile.max_batch_size,
+        settings = TrtllmSettings(max_batch_size=profile.max_batch_size, max_beam_width=profile.max_beam_width,
                                   kv_cache_free_gpu_mem_fraction=profile.kv_cache_free_gpu_mem_fraction,
                                   **({"gpt_model_path": options.engine_path} if options.engine_path else {}))
         build_trtllm(report, plan, artifact_dir, work_dir, settings, model_name, step=steps)

@@ -43,6 +43,15 @@ def _add_build_arguments(parser: argparse.ArgumentParser, dry_run_default: bool)
     parser.add_argument("--max-seq-len", type=int)
     parser.add_argument("--max-num-tokens", type=int)
     parser.add_argument("--kv-cache-free-gpu-mem-fraction", type=float)
+    parser.add_argument("--max-beam-width", type=int,
+                        help="trtllm: beams per request (default 1). TensorRT-LLM 0.12 runs every request of an "
+                             "engine built with k > 1 with exactly k beams: such an engine serves beam search only")
+    parser.add_argument("--gather-context-logits", action="store_true", default=None,
+                        help="trtllm: return the prompt's logits rows (prompt logprobs: echo with logprobs, "
+                             "TGI decoder_input_details)")
+    parser.add_argument("--gather-generation-logits", action="store_true", default=None,
+                        help="trtllm: return each new token's logits row (top logprobs: top_logprobs, "
+                             "completions logprobs > 0, TGI top_n_tokens)")
     parser.add_argument("--work-dir", help="where the TensorRT-LLM checkpoint and build logs go (default: temporary)")
     parser.add_argument("--examples-dir", help="TensorRT-LLM's examples/ (default: $TRTLLM_EXAMPLES_DIR or "
                                                "/app/tensorrt_llm/examples)")

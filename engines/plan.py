@@ -3,10 +3,12 @@ KV cache, and the exact TensorRT-LLM commands that build it.
 
 Memory per GPU, in the order TensorRT-LLM's runtime takes it:
   weights      linear layers / (TP × PP), embedding and lm_head / TP (vocab-parallel), norms / PP
-  reserve      runtime_reserve_bytes + activations for max_num_tokens + fp32 logits of the batch
+  reserve      runtime_reserve_bytes + activations for max_num_tokens + fp32 logits of the batch's beams
+               (+ fp32 logits of every context token of a step with gather_context_logits)
   KV budget    kv_cache_free_gpu_mem_fraction × (GPU memory − weights − reserve)
 KV bytes per token per GPU = 2 (K and V) × layers/PP × ceil(kv_heads/TP) × head_dim × bytes per element.
-The smallest power-of-two TP that leaves room for `min_concurrent_sequences` full-length sequences wins.
+The smallest power-of-two TP that leaves room for `min_concurrent_sequences` full-length requests (each
+of max_beam_width sequences) wins.
 
 Commands are those of TensorRT-LLM v0.12 (also accepted by later 0.x releases):
 examples/llama/convert_checkpoint.py (covers Mistral), examples/quantization/quantize.py (AWQ, FP8),
@@ -152,10 +154,14 @@ def weight_bytes_per_gpu(config: ModelConfig, profile: BuildProfile, tp: int, pp
 
 
 def reserve_bytes_per_gpu(config: ModelConfig, profile: BuildProfile, tp: int) -> int:
-    """Runtime overhead plus peak activations of a max_num_tokens step and the batch's fp32 logits."""
+    """Runtime overhead plus peak activations of a max_num_tokens step and the step's fp32 logits: one row per
+    beam of the batch, and with gather_context_logits one per context token of the step too."""
     act_bytes = DTYPE_BYTES[profile.dtype]
     activations = profile.max_num_tokens * (4 * config.hidden_size + 2 * config.intermediate_size // tp) * act_bytes
-    logits = profile.max_batch_size * math.ceil(config.vocab_size / tp) * 4
+    rows = profile.max_batch_size * profile.max_beam_width
+    if profile.gather_context_logits:
+        rows += profile.max_num_tokens
+    logits = rows * math.ceil(config.vocab_size / tp) * 4
     return profile.runtime_reserve_bytes + activations + logits
 
 
@@ -177,16 +183,20 @@ def evaluate(config: ModelConfig, profile: BuildProfile, tp: int) -> Candidate:
     per_token = kv_bytes_per_token(config, profile, tp, pp)
     budget = int(max(free, 0) * profile.kv_cache_free_gpu_mem_fraction)
     tokens = budget // per_token
-    sequences = tokens // profile.max_seq_len
+    sequences = tokens // (profile.max_seq_len * profile.max_beam_width)  # requests, each with its beams
     if free <= 0:
         fits, reason = False, (f"weights {gb(weights)} + reserve {gb(reserve)} exceed "
                                f"{gb(profile.gpu.memory_bytes)} per GPU")
     elif sequences < profile.min_concurrent_sequences:
         fits, reason = False, (f"KV cache of {gb(budget)} holds {tokens} tokens = {sequences} sequences of "
-                               f"{profile.max_seq_len}, fewer than {profile.min_concurrent_sequences}")
+                               f"{profile.max_seq_len}{_beams(profile)}, fewer than {profile.min_concurrent_sequences}")
     else:
-        fits, reason = True, f"{sequences} sequences of {profile.max_seq_len} tokens fit the KV cache"
+        fits, reason = True, f"{sequences} sequences of {profile.max_seq_len} tokens{_beams(profile)} fit the KV cache"
     return Candidate(tp, pp, weights, reserve, budget, per_token, tokens, sequences, fits, reason)
+
+
+def _beams(profile: BuildProfile) -> str:
+    return f" × {profile.max_beam_width} beams" if profile.max_beam_width > 1 else ""
 
 
 def gb(n: float) -> str:
@@ -223,6 +233,7 @@ def make_plan(config: ModelConfig, profile: BuildProfile, paths: BuildPaths, mod
         notes.append(f"needs TP={chosen.tp_size}: {smaller}")
     if chosen.tp_size > config.num_kv_heads:
         notes.append(f"TP={chosen.tp_size} > {config.num_kv_heads} KV heads: each GPU holds a replicated KV head")
+    notes += feature_notes(profile)
     return Plan(
         model={"name": model_name, **config.to_dict()},
         profile=profile.to_dict(),
@@ -291,12 +302,32 @@ def build_command(profile: BuildProfile, paths: BuildPaths, tp: int, pp: int) ->
         "--max_input_len", str(profile.max_input_len),
         "--max_seq_len", str(profile.max_seq_len),
         "--max_num_tokens", str(profile.max_num_tokens),
-        "--max_beam_width", "1",
+        "--max_beam_width", str(profile.max_beam_width),
         "--workers", str(tp * pp),
     ]
     if profile.quantization == "fp8":
         command += ["--use_fp8_context_fmha", "enable"]
+    if profile.gather_context_logits:  # prompt logprobs (echo, decoder_input_details) need the context's rows
+        command.append("--gather_context_logits")
+    if profile.gather_generation_logits:  # top logprobs (top_logprobs, top_n_tokens) need each new token's row
+        command.append("--gather_generation_logits")
     return command
+
+
+def feature_notes(profile: BuildProfile) -> list[str]:
+    """What the served engine will and will not answer, so the plan says it before a build."""
+    notes = []
+    if profile.max_beam_width > 1:
+        notes.append(f"max_beam_width {profile.max_beam_width}: TensorRT-LLM {TRTLLM_VERSION} runs every request of "
+                     f"this engine with exactly {profile.max_beam_width} beams, so it serves beam search only "
+                     "(the gateway refuses other requests with a 400)")
+    if not profile.gather_context_logits:
+        notes.append("no --gather-context-logits: the gateway answers 400 to prompt logprobs (echo with logprobs, "
+                     "TGI decoder_input_details)")
+    if not profile.gather_generation_logits:
+        notes.append("no --gather-generation-logits: the gateway answers 400 to top logprobs (chat top_logprobs, "
+                     "completions logprobs > 0, TGI top_n_tokens)")
+    return notes
 
 
 def check_engine_config(engine_config: dict, plan: Plan) -> list[str]:
@@ -328,4 +359,12 @@ def check_engine_config(engine_config: dict, plan: Plan) -> list[str]:
     for key in ("remove_input_padding", "use_paged_context_fmha"):
         if plugins.get(key) is not True:
             problems.append(f"build_config.plugin_config.{key} is {plugins.get(key)!r}, the plan enables it")
+    # Absent keys read as TensorRT-LLM's defaults (1 beam, no logits gathered).
+    features = (("max_beam_width", build.get("max_beam_width", 1), profile.get("max_beam_width", 1)),
+                ("gather_context_logits", bool(build.get("gather_context_logits", False)),
+                 profile.get("gather_context_logits", False)),
+                ("gather_generation_logits", bool(build.get("gather_generation_logits", False)),
+                 profile.get("gather_generation_logits", False)))
+    problems += [f"build_config.{key} is {built!r}, the plan says {planned!r}"
+                 for key, built, planned in features if built != planned]
     return problems

@@ -13,6 +13,7 @@ GIB = 1 << 30
 # Quantization modes and what TensorRT-LLM calls them.
 QUANTIZATIONS = ("none", "int8_weight_only", "int4_weight_only", "int4_awq", "smoothquant", "fp8")
 DTYPES = ("float16", "bfloat16")
+MAX_BEAM_WIDTH = 16  # the gateway's most beams (server.protocol.MAX_CHOICES)
 
 
 class ProfileError(ValueError):
@@ -49,6 +50,12 @@ class BuildProfile:
     kv_cache_free_gpu_mem_fraction: float = 0.9
     runtime_reserve_bytes: int = 2 * GIB  # CUDA context, cuBLAS/NCCL workspaces, allocator slack
     min_concurrent_sequences: int = 4  # a plan that cannot hold this many full-length sequences does not fit
+    # What the engine can return: beams (TensorRT-LLM 0.12 runs every request of an engine built with
+    # max_beam_width k > 1 with exactly k beams), and raw logits rows for prompt logprobs (context) and
+    # top logprobs (generation). Each costs memory, so they are off unless asked for.
+    max_beam_width: int = 1
+    gather_context_logits: bool = False
+    gather_generation_logits: bool = False
 
     def with_overrides(self, **overrides) -> "BuildProfile":
         """A copy with the given fields replaced (None values are ignored), validated."""
@@ -81,6 +88,8 @@ class BuildProfile:
         if (self.tp_size or 1) * self.pp_size > self.gpus_per_node:
             raise ProfileError(f"tp_size × pp_size = {(self.tp_size or 1) * self.pp_size} exceeds the "
                                f"{self.gpus_per_node} GPUs of a {self.instance_type}")
+        if not 1 <= self.max_beam_width <= MAX_BEAM_WIDTH:
+            raise ProfileError(f"max_beam_width must be between 1 and {MAX_BEAM_WIDTH}, got {self.max_beam_width}")
         if not 0.0 < self.kv_cache_free_gpu_mem_fraction <= 1.0:
             raise ProfileError("kv_cache_free_gpu_mem_fraction must be in (0, 1]")
 

@@ -236,7 +236,8 @@ class TrtllmSettings:
             "max_beam_width": str(self.max_beam_width),
             "cancellation_check_period_ms": str(self.cancellation_check_period_ms),
             "normalize_log_probs": flag(self.normalize_log_probs),
-            "decoding_mode": "top_k_top_p",
+            # An engine of k > 1 beams runs beam search on every request (TensorRT-LLM 0.12).
+            "decoding_mode": "top_k_top_p" if self.max_beam_width == 1 else "beam_search",
         }
 
 

@@ -16,6 +16,7 @@ from server.docs import install_docs
 from server.errors import install_error_handlers
 from server.metrics import Metrics
 from server.embeddings import load_embeddings
+from server.engine_features import EngineFeatures
 from server.admission import body_size_check, in_flight_check, key_limits_check
 from server.limits import LocalLimiter
 from server.middleware import Check, GatewayMiddleware, api_key_check
@@ -36,6 +37,7 @@ class ServedModel:
     aliases: tuple[str, ...] = ()
     fingerprint: str | None = None  # system_fingerprint: changes when the artifact or the server changes
     engine: str = "portable"  # the artifact's target: "portable" or "trtllm" (what constrained decoding can use)
+    features: EngineFeatures = EngineFeatures()  # logits rows and beams the engine returns (engine_features.py)
 
     def answers_to(self, name: str) -> bool:
         return name == self.name or name in self.aliases
@@ -57,7 +59,8 @@ def load_model(settings: Settings) -> tuple[ServedModel, Tokenizer]:
     tokenizer = Tokenizer(settings.artifact_dir / manifest.tokenizer_dir)
     max_model_len = settings.max_model_len or manifest.max_model_len
     model = ServedModel(settings.served_model_name or manifest.model_name, max_model_len, int(time.time()),
-                        settings.model_aliases, system_fingerprint(manifest), manifest.target)
+                        settings.model_aliases, system_fingerprint(manifest), manifest.target,
+                        EngineFeatures.of_manifest(manifest))
     return model, tokenizer
 
 

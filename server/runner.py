@@ -8,6 +8,7 @@ from typing import TypeVar
 
 from fastapi import Request
 
+from server.engine_features import check_request
 from server.errors import APIError, bad_request, log, unavailable
 from server.generation import Delta, GenerationPlan, generate
 from server.metrics import Metrics
@@ -32,6 +33,7 @@ class GenerationRun:
 
     def __init__(self, request: Request, plan: GenerationPlan, prompt_tokens: int):
         state = request.app.state
+        check_request(plan.request, state.model.features)  # a 400 for what the served engine was not built with
         self.metrics: Metrics = state.metrics
         self.plan, self.prompt_tokens = plan, prompt_tokens
         self.completion_tokens = 0

@@ -169,6 +169,21 @@ def test_cli_dry_run_prints_table_and_json():
     assert "trtllm-build --checkpoint_dir" in result.stderr
 
 
+def test_cli_beams_and_logits_flags_reach_the_plan():
+    result = run_cli("plan", "--checkpoint", str(REFERENCE / "llama-2-7b"), "--profile", "a100-80gb",
+                     "--max-beam-width", "4", "--gather-context-logits", "--gather-generation-logits")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert (plan["profile"]["max_beam_width"], plan["profile"]["gather_context_logits"],
+            plan["profile"]["gather_generation_logits"]) == (4, True, True)
+    build = plan["build_command"]
+    assert build[build.index("--max_beam_width") + 1] == "4"
+    assert "--gather_context_logits" in build and "--gather_generation_logits" in build
+    plain = json.loads(run_cli("plan", "--checkpoint", str(REFERENCE / "llama-2-7b"), "--profile",
+                               "a100-80gb").stdout)
+    assert plain["profile"]["gather_context_logits"] is False and plain["profile"]["max_beam_width"] == 1
+
+
 def test_cli_trtllm_target_stops_after_plan_without_tensorrt_llm(llama, tmp_path):
     result = run_cli("build", "--checkpoint", str(llama), "--profile", "a100-40gb", "--target", "trtllm",
                      "--out", str(tmp_path / "artifact"))

@@ -188,3 +188,45 @@ def test_engine_config_check():
     assert check_engine_config(good, plan) == []
     bad = {**good, "build_config": {**good["build_config"], "max_seq_len": 2048}}
     assert check_engine_config(bad, plan) == ["build_config.max_seq_len is 2048, the plan says 4096"]
+
+
+def test_beams_and_logits_reach_trtllm_build_and_cost_memory():
+    plain = plan_for("llama-2-7b", "a100-80gb")
+    assert "--max_beam_width 1" in " ".join(plain.build_command)
+    assert not {"--gather_context_logits", "--gather_generation_logits"} & set(plain.build_command)
+    assert any("--gather-context-logits" in note for note in plain.notes)  # the plan says what will be refused
+    plan = plan_for("llama-2-7b", "a100-80gb", max_beam_width=4, gather_context_logits=True,
+                    gather_generation_logits=True)
+    assert plan.tp_size == plain.tp_size == 1
+    build = plan.build_command
+    assert build[build.index("--max_beam_width") + 1] == "4"
+    assert "--gather_context_logits" in build and "--gather_generation_logits" in build
+    # Logits rows of a step: 128 × 4 beams + 8192 context tokens, each 32000 × 4 B, instead of 128 rows.
+    extra = (128 * 4 + 8192 - 128) * 32000 * 4
+    assert plan.chosen.reserve_bytes_per_gpu == plain.chosen.reserve_bytes_per_gpu + extra
+    # Each request holds 4 beams of up to 4096 tokens.
+    assert plan.chosen.max_concurrent_sequences == plan.chosen.max_kv_tokens // (4096 * 4)
+    assert "× 4 beams" in plan.chosen.reason
+    assert any("exactly 4 beams" in note for note in plan.notes)
+    assert not any("--gather" in note for note in plan.notes)
+
+
+def test_max_beam_width_is_bounded():
+    for bad in (0, 17):
+        with pytest.raises(ProfileError, match="max_beam_width must be between 1 and 16"):
+            get_profile("a100-40gb", max_beam_width=bad)
+
+
+def test_engine_config_check_covers_beams_and_logits():
+    plan = plan_for("llama-2-70b", "a100-40gb", max_beam_width=2, gather_generation_logits=True)
+    build = {"max_batch_size": 64, "max_input_len": 2048, "max_seq_len": 4096, "max_num_tokens": 8192,
+             "max_beam_width": 2, "gather_context_logits": False, "gather_generation_logits": True,
+             "plugin_config": {"paged_kv_cache": True, "remove_input_padding": True, "use_paged_context_fmha": True}}
+    good = {"pretrained_config": {"architecture": "LlamaForCausalLM", "dtype": "float16",
+                                  "mapping": {"world_size": 4, "tp_size": 4, "pp_size": 1},
+                                  "quantization": {"quant_algo": None}},
+            "build_config": build}
+    assert check_engine_config(good, plan) == []
+    bad = {**good, "build_config": {**build, "max_beam_width": 1, "gather_generation_logits": False}}
+    assert check_engine_config(bad, plan) == ["build_config.max_beam_width is 1, the plan says 2",
+                                              "build_config.gather_generation_logits is False, the plan says True"]

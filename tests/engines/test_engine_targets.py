@@ -40,7 +40,8 @@ def fake_container(plan, tamper=None):
                                   "mapping": {"world_size": tp, "tp_size": tp, "pp_size": 1},
                                   "quantization": {"quant_algo": None, "kv_cache_quant_algo": None}},
             "build_config": {key: int(args[f"--{key}"]) for key in
-                             ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens")}
+                             ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "max_beam_width")}
+            | {key: f"--{key}" in command for key in ("gather_context_logits", "gather_generation_logits")}
             | {"plugin_config": {"paged_kv_cache": True, "remove_input_padding": True,
                                  "use_paged_context_fmha": True}},
         }
@@ -52,9 +53,9 @@ def fake_container(plan, tamper=None):
     return runner
 
 
-def trtllm_plan(checkpoint: Path, artifact: Path, work: Path):
+def trtllm_plan(checkpoint: Path, artifact: Path, work: Path, **overrides):
     report = validate_checkpoint(checkpoint)
-    profile = get_profile("h100-80gb", max_seq_len=512, max_input_len=256, tp_size=2)
+    profile = get_profile("h100-80gb", max_seq_len=512, max_input_len=256, tp_size=2, **overrides)
     paths = BuildPaths(str(checkpoint), str(work / "tllm_checkpoint"),
                        str(artifact / "model_repository" / "tensorrt_llm" / "1"))
     return report, make_plan(report.config, profile, paths, "demo-mistral")
@@ -89,6 +90,25 @@ def test_trtllm_target_writes_repository_and_manifest(demo_checkpoints, tmp_path
             "tokenizer/tokenizer.json"} <= set(manifest.files)
     assert verify_files(artifact, read_manifest(artifact)) == []
     assert not (work / "tllm_checkpoint").exists()  # the intermediate checkpoint is not kept
+
+
+def test_trtllm_beam_and_logits_engine_matches_its_triton_config(demo_checkpoints, tmp_path):
+    artifact, work = tmp_path / "artifact", tmp_path / "work"
+    report, plan = trtllm_plan(demo_checkpoints["mistral"], artifact, work, max_beam_width=4,
+                               gather_context_logits=True, gather_generation_logits=True)
+    settings = TrtllmSettings(max_batch_size=plan.profile["max_batch_size"],
+                              max_beam_width=plan.profile["max_beam_width"])
+    manifest = build_trtllm(report, plan, artifact, work, settings, "demo-mistral", runner=fake_container(plan))
+    config = parse_config_pbtxt((artifact / "model_repository/tensorrt_llm/config.pbtxt").read_text())
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    assert parameters["max_beam_width"] == "4" and parameters["decoding_mode"] == "beam_search"
+    assert {"context_logits", "generation_logits"} <= {t.name for t in config.output}
+    assert {"return_context_logits", "return_generation_logits", "beam_width"} <= {t.name for t in config.input}
+    # The gateway reads what the engine returns from the manifest's profile.
+    assert (manifest.profile["max_beam_width"], manifest.profile["gather_context_logits"],
+            manifest.profile["gather_generation_logits"]) == (4, True, True)
+    plain = TrtllmSettings().parameters()
+    assert plain["max_beam_width"] == "1" and plain["decoding_mode"] == "top_k_top_p"
 
 
 def test_trtllm_target_rejects_an_engine_that_differs_from_the_plan(demo_checkpoints, tmp_path):
