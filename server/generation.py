@@ -40,7 +40,7 @@ class GenerationPlan:
 async def generate(engine: TritonEngineClient, tokenizer: Tokenizer, plan: GenerationPlan,
                    request_id: str = "") -> AsyncIterator[Delta]:
     """Deltas of text; the last one carries finish_reason ("stop" or "length")."""
-    detokenizer = IncrementalDetokenizer(tokenizer, plan.skip_special_tokens)
+    detokenizer = IncrementalDetokenizer(tokenizer.raw, plan.skip_special_tokens)
     stops = StopMatcher(plan.stop_strings)
     generated = 0
     # aclosing: leaving this generator early closes the engine stream at once, which cancels the request.

@@ -13,6 +13,7 @@ class Tokenizer:
         from transformers import AutoTokenizer
 
         self._tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+        self.raw = self._tok.backend_tokenizer  # the `tokenizers` Tokenizer: per-token decoding skips the wrapper
         self.vocab_size = len(self._tok)
         self.eos_token_id = self._tok.eos_token_id
         self.pad_token_id = self._tok.pad_token_id if self._tok.pad_token_id is not None else self.eos_token_id

@@ -7,6 +7,7 @@ the engine.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 import grpc
@@ -65,9 +66,41 @@ def _infer_inputs(tensors: dict[str, np.ndarray]) -> list[grpcclient.InferInput]
     return inputs
 
 
-def _is_final(result) -> bool:
-    parameters = result.get_response().parameters
+def _is_final(response) -> bool:
+    parameters = response.parameters
     return "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
+
+
+def fast_path(request: contract.GenerationRequest, names: tuple[str, ...]) -> bool:
+    """`chunk_of` reads one beam's ids and logprobs; beams, scores and logits rows need `decode_chunk`."""
+    return request.beam_width == 1 and set(names) <= set(RESPONSE_TENSORS)
+
+
+def slow_chunk_of(result, names: tuple[str, ...]) -> contract.GenerationChunk:
+    tensors = {name: result.as_numpy(name) for name in names}
+    return contract.decode_chunk(tensors, final=_is_final(result.get_response()))
+
+
+def chunk_of(result) -> contract.GenerationChunk:
+    """The contract's chunk (beam 0 of batch 0) read straight from the response's raw little-endian bytes,
+    without building numpy arrays per tensor: this runs once per streamed response of a request that
+    `fast_path` accepts."""
+    response = result.get_response()
+    final, raw = _is_final(response), response.raw_output_contents
+    if len(raw) != len(response.outputs):  # contents not sent raw: the general path
+        return slow_chunk_of(result, tuple(output.name for output in response.outputs))
+    tensors = {output.name: (output.shape, raw[index]) for index, output in enumerate(response.outputs)}
+    if "output_ids" not in tensors:
+        return contract.GenerationChunk([], None, final)
+    shape, data = tensors["output_ids"]
+    ids = memoryview(data).cast("i")[: shape[-1] if shape else 0]
+    if "sequence_length" in tensors and tensors["sequence_length"][1]:
+        ids = ids[: memoryview(tensors["sequence_length"][1]).cast("i")[0]]
+    log_probs = None
+    if "output_log_probs" in tensors and tensors["output_log_probs"][1]:
+        shape, data = tensors["output_log_probs"]
+        log_probs = memoryview(data).cast("f")[: shape[-1]][: len(ids)].tolist()
+    return contract.GenerationChunk(ids.tolist(), log_probs, final)
 
 
 class TritonEngineClient:
@@ -98,6 +131,7 @@ class TritonEngineClient:
         """Chunks of new tokens until the final one; raises EngineUnavailable/EngineRejected/EngineFailed."""
         done = asyncio.Event()
         names = response_tensors(request)
+        decode = chunk_of if fast_path(request, names) else functools.partial(slow_chunk_of, names=names)
         outputs = [grpcclient.InferRequestedOutput(name) for name in names]
         inputs = _infer_inputs(contract.encode_request(request))
 
@@ -114,8 +148,7 @@ class TritonEngineClient:
             async for result, error in call:
                 if error is not None:
                     raise classify(error)
-                tensors = {name: result.as_numpy(name) for name in names}
-                chunk = contract.decode_chunk(tensors, final=_is_final(result))
+                chunk = decode(result)
                 yield chunk
                 if chunk.final:
                     finished = True

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -78,24 +79,38 @@ async def _complete(runs: list[GenerationRun], plan: GenerationPlan, choices: Ch
                           system_fingerprint=state.model.fingerprint, choices=result, usage=usage)
 
 
+NO_ROLE = {"choices": {"__all__": {"delta": {"role"}}}}  # only the first delta names the role, as OpenAI's
+
+
 async def _stream(runs: list[GenerationRun], body: ChatCompletionRequest, state, prompt_tokens: int,
-                  include_usage: bool, tools: ToolPlan | None) -> AsyncIterator[str]:
+                  include_usage: bool, tools: ToolPlan | None) -> AsyncIterator[bytes]:
     calls = [ToolCallStream(tools) if tools is not None and tools.parses_calls else None for _ in runs]
-    chunk_id, model = new_id("chatcmpl"), state.model.name
+    chunk_id, model, created = new_id("chatcmpl"), state.model.name, int(time.time())
 
-    def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
-        return sse.event(ChatCompletionChunk(id=chunk_id, model=model, system_fingerprint=state.model.fingerprint,
-                                             choices=choices, usage=usage))
+    def payload(choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=chunk_id, model=model, created=created, system_fingerprint=state.model.fingerprint,
+                                   choices=choices, usage=usage)
 
+    def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None, exclude=None) -> bytes:
+        return sse.event(payload(choices, usage), exclude=exclude)
+
+    # Per choice, the chunk that carries only text, rendered once: the per-token path fills in the text.
+    text_events = [sse.TextEvents(payload([ChatChunkChoice(index=index, delta=DeltaMessage(content=sse.TEXT_MARK))])
+                                  .model_dump_json(exclude=NO_ROLE)) for index in range(len(runs))]
     for index in range(len(runs)):
         yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
     try:
         async for index, delta in merged([run.deltas() for run in runs]):
+            call = calls[index]
+            if call is None and delta.finish_reason is None and not (body.logprobs and delta.logprobs):
+                if delta.text:
+                    yield text_events[index](delta.text)
+                continue
             if not (delta.text or delta.finish_reason or delta.logprobs):
                 continue
             rows = delta.chunk.generation_logits if delta.chunk is not None else None
             choice_logprobs = _logprobs(state, body, delta.token_ids, delta.logprobs, rows)
-            text, tool_deltas, call = delta.text, [], calls[index]
+            text, tool_deltas = delta.text, []
             if call is not None:  # tool-call text leaves as tool_calls deltas, one per complete call
                 text, tool_deltas = call.feed(delta.text)
                 if delta.finish_reason is not None:
@@ -104,7 +119,7 @@ async def _stream(runs: list[GenerationRun], body: ChatCompletionRequest, state,
             finish_reason = _finish_reason(delta.finish_reason, call is not None and call.called)
             yield chunk([ChatChunkChoice(index=index,
                                          delta=DeltaMessage(content=text or None, tool_calls=tool_deltas or None),
-                                         logprobs=choice_logprobs, finish_reason=finish_reason)])
+                                         logprobs=choice_logprobs, finish_reason=finish_reason)], exclude=NO_ROLE)
     except APIError as error:
         yield sse.event(error.body())
         yield sse.DONE

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -131,13 +132,19 @@ async def _complete_all(groups: list[PromptRuns], body: CompletionRequest, state
                       choices=result, usage=usage)
 
 
-async def _stream(group: PromptRuns, body: CompletionRequest, state, include_usage: bool) -> AsyncIterator[str]:
-    chunk_id, model, tokenizer = new_id("cmpl"), state.model.name, state.tokenizer
+async def _stream(group: PromptRuns, body: CompletionRequest, state, include_usage: bool) -> AsyncIterator[bytes]:
+    chunk_id, model, tokenizer, created = new_id("cmpl"), state.model.name, state.tokenizer, int(time.time())
 
-    def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
-        return sse.event(Completion(id=chunk_id, model=model, system_fingerprint=state.model.fingerprint,
-                                    choices=choices, usage=usage))
+    def payload(choices: list[CompletionChoice], usage: Usage | None = None) -> Completion:
+        return Completion(id=chunk_id, model=model, created=created, system_fingerprint=state.model.fingerprint,
+                          choices=choices, usage=usage)
 
+    def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
+        return sse.event(payload(choices, usage))
+
+    # Per choice, the chunk that carries only text, rendered once: the per-token path fills in the text.
+    text_events = [sse.TextEvents(payload([CompletionChoice(index=index, text=sse.TEXT_MARK)]).model_dump_json())
+                   for index in range(len(group.runs))]
     prefix = tokenizer.decode(group.ids) if body.echo else ""
     offsets = [len(prefix)] * len(group.runs)
     started = [False] * len(group.runs)
@@ -151,11 +158,16 @@ async def _stream(group: PromptRuns, body: CompletionRequest, state, include_usa
                     scored = logprobs.prompt(group.ids, context, body.logprobs)
                     echo_logprobs = logprobs.for_completion(tokenizer, scored, 0, body.logprobs)
                 yield chunk([CompletionChoice(index=index, text=prefix, logprobs=echo_logprobs)])
-            if not (delta.text or delta.finish_reason or delta.logprobs):
-                continue
             if body.max_tokens == 0:
                 if delta.finish_reason:
                     yield chunk([CompletionChoice(index=index, text="", finish_reason="length")])
+                continue
+            if delta.finish_reason is None and not (body.logprobs is not None and delta.logprobs):
+                if delta.text:
+                    offsets[index] += len(delta.text)
+                    yield text_events[index](delta.text)
+                continue
+            if not (delta.text or delta.finish_reason or delta.logprobs):
                 continue
             delta_logprobs = None
             if body.logprobs is not None and delta.logprobs:

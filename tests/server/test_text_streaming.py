@@ -1,7 +1,9 @@
 """Incremental detokenization and stop strings on the demo tokenizer (Chinese and emoji included)."""
+import random
+
 import pytest
 
-from server.detokenizer import IncrementalDetokenizer
+from server.detokenizer import IncrementalDetokenizer, _WindowDecoder
 from server.stops import StopMatcher
 from server.tokenizer import Tokenizer
 
@@ -16,7 +18,7 @@ def tokenizer(demo_checkpoints):
 @pytest.mark.parametrize("text", TEXTS)
 def test_one_token_at_a_time_never_emits_broken_utf8(tokenizer, text):
     ids = tokenizer.encode(text)
-    detokenizer = IncrementalDetokenizer(tokenizer)
+    detokenizer = IncrementalDetokenizer(tokenizer.raw)
     pieces = [detokenizer.add([token]) for token in ids] + [detokenizer.flush()]
     assert "".join(pieces) == text
     assert all("\ufffd" not in piece for piece in pieces)
@@ -25,9 +27,28 @@ def test_one_token_at_a_time_never_emits_broken_utf8(tokenizer, text):
 
 def test_truncated_character_is_flushed_as_replacement(tokenizer):
     ids = tokenizer.encode("😀")[1:]  # without BOS: several byte tokens
-    detokenizer = IncrementalDetokenizer(tokenizer)
+    detokenizer = IncrementalDetokenizer(tokenizer.raw)
     assert detokenizer.add(ids[:-1]) == ""
     assert "\ufffd" in detokenizer.flush()
+
+
+@pytest.mark.parametrize("skip_special_tokens", [True, False])
+@pytest.mark.parametrize("fallback", [False, True])
+def test_pieces_join_to_one_decode_of_all_ids(tokenizer, skip_special_tokens, fallback):
+    """Random ids (special ones included) in random batches, through DecodeStream or the Python window."""
+    rng = random.Random(7)
+    for _ in range(40):
+        ids = [rng.randrange(tokenizer.vocab_size) for _ in range(rng.randrange(1, 60))]
+        detokenizer = IncrementalDetokenizer(tokenizer.raw, skip_special_tokens)
+        if fallback:
+            detokenizer._fallback = _WindowDecoder(tokenizer.raw, skip_special_tokens, [], [])
+        pieces, position = [], 0
+        while position < len(ids):
+            size = rng.choice([1, 1, 1, 2, 3, 7])
+            pieces.append(detokenizer.add(ids[position:position + size]))
+            position += size
+        pieces.append(detokenizer.flush())
+        assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
 
 def test_stop_string_split_across_feeds_is_never_emitted():
