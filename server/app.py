@@ -79,7 +79,7 @@ def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> 
         raise ValueError("no API keys: set INGOT_API_KEYS or INGOT_API_KEYS_FILE "
                          "(or INGOT_ALLOW_ANONYMOUS=1 to serve without auth)")
     model, tokenizer = load_model(settings)
-    engine = engine or TritonEngineClient(settings.triton_url)
+    engine = engine or TritonEngineClient(settings.triton_url, keepalive_s=settings.triton_keepalive_s)
     limiter = make_limiter(settings)
     usage_log = UsageLog(settings.usage_log) if settings.usage_log else None
 

@@ -17,10 +17,20 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this PEM certificate chain "
                         "(INGOT_SSL_CERTFILE; needs --ssl-keyfile)")
     parser.add_argument("--ssl-keyfile", default=None, help="the certificate's PEM private key (INGOT_SSL_KEYFILE)")
+    parser.add_argument("--request-timeout", type=float, default=None, metavar="S",
+                        help="deadline of one request toward Triton, 0 for none (INGOT_REQUEST_TIMEOUT, default 600)")
+    parser.add_argument("--first-token-timeout", type=float, default=None, metavar="S",
+                        help="time allowed until the engine's first token, 0 for none "
+                             "(INGOT_FIRST_TOKEN_TIMEOUT, default 60)")
 
 
 def tls_overrides(args: argparse.Namespace) -> dict:
     return {name: Path(getattr(args, name)) for name in ("ssl_certfile", "ssl_keyfile") if getattr(args, name, None)}
+
+
+def gateway_overrides(args: argparse.Namespace) -> dict:
+    """Settings given as flags of `ingot gateway` and `ingot serve` alike (None: from INGOT_* or the default)."""
+    return {"request_timeout_s": args.request_timeout, "first_token_timeout_s": args.first_token_timeout}
 
 
 def run_gateway(settings) -> None:
@@ -39,7 +49,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     settings = Settings.from_env(artifact_dir=Path(args.artifact) if args.artifact else None,
                                  triton_url=args.triton_url, host=args.host, port=args.port,
                                  served_model_name=args.served_model_name, max_model_len=args.max_model_len,
-                                 **tls_overrides(args))
+                                 **tls_overrides(args), **gateway_overrides(args))
     run_gateway(settings)
     return 0
 

@@ -38,13 +38,13 @@ class GenerationPlan:
 
 
 async def generate(engine: TritonEngineClient, tokenizer: Tokenizer, plan: GenerationPlan,
-                   request_id: str = "") -> AsyncIterator[Delta]:
+                   request_id: str = "", deadline: float | None = None) -> AsyncIterator[Delta]:
     """Deltas of text; the last one carries finish_reason ("stop" or "length")."""
     detokenizer = IncrementalDetokenizer(tokenizer.raw, plan.skip_special_tokens)
     stops = StopMatcher(plan.stop_strings)
     generated = 0
     # aclosing: leaving this generator early closes the engine stream at once, which cancels the request.
-    async with aclosing(engine.generate(plan.request, request_id)) as chunks:
+    async with aclosing(engine.generate(plan.request, request_id, deadline)) as chunks:
         async for chunk in chunks:
             generated += len(chunk.output_ids)
             text = detokenizer.add(chunk.output_ids)

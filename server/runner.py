@@ -12,15 +12,23 @@ from server.engine_features import check_request
 from server.errors import APIError, bad_request, log, unavailable
 from server.generation import Delta, GenerationPlan, generate
 from server.metrics import Metrics
-from server.triton_client import EngineFailed, EngineRejected, EngineUnavailable
+from server.triton_client import EngineFailed, EngineRejected, EngineTimeout, EngineUnavailable
 
 T = TypeVar("T")
+ENGINE_ERRORS = (EngineUnavailable, EngineRejected, EngineTimeout, EngineFailed)
+
+
+def timed_out(message: str, code: str) -> APIError:
+    return APIError(504, message, "timeout_error", None, code)
 
 
 def as_api_error(exc: Exception) -> APIError:
     if isinstance(exc, EngineRejected):
         return bad_request(f"The engine rejected the request: {exc}")
     log.warning("engine error (%s): %s", type(exc).__name__, exc)  # gRPC text and addresses stay in the log
+    if isinstance(exc, EngineTimeout):
+        return timed_out("The request did not finish within its deadline; ask for fewer tokens or retry later.",
+                         "deadline_exceeded")
     if isinstance(exc, EngineUnavailable):
         return unavailable("The inference engine is not reachable or not ready; try again shortly.")
     return APIError(500, "The inference engine failed while generating; try again.", "server_error",
@@ -41,22 +49,30 @@ class GenerationRun:
         self.first_token_s: float | None = None
         self.finish_reason: str | None = None
         self.started = time.perf_counter()
-        self._deltas = generate(state.engine, state.tokenizer, plan, request.headers.get("x-request-id", ""))
+        settings = state.settings
+        deadline = time.monotonic() + settings.request_timeout_s if settings.request_timeout_s else None
+        self.first_token_timeout_s = settings.first_token_timeout_s or None
+        self._deltas = generate(state.engine, state.tokenizer, plan, request.headers.get("x-request-id", ""),
+                                deadline)
         self._first: Delta | None = None
 
     async def start(self) -> None:
         self.metrics.in_flight.inc()
         self.metrics.waiting.inc()
         try:
-            self._first = await self._deltas.__anext__()
+            async with asyncio.timeout(self.first_token_timeout_s):
+                self._first = await self._deltas.__anext__()
         except StopAsyncIteration:
             self._first = Delta("", finish_reason="stop")
-        except BaseException as exc:  # an engine error, or cancelled because the client left
+        except BaseException as exc:  # an engine error, a timeout, or cancelled because the client left
             self.metrics.in_flight.dec()
             self.metrics.waiting.dec()
-            await self._deltas.aclose()
-            if isinstance(exc, (EngineUnavailable, EngineRejected, EngineFailed)):
+            await self._deltas.aclose()  # ends the gRPC stream: Triton cancels the request
+            if isinstance(exc, ENGINE_ERRORS):
                 raise as_api_error(exc) from exc
+            if isinstance(exc, TimeoutError):
+                raise timed_out(f"The engine sent no token within {self.first_token_timeout_s:g}s; "
+                                "it is overloaded or not answering. Retry later.", "first_token_timeout") from exc
             raise
         self.first_token_s = time.perf_counter() - self.started
         self.metrics.waiting.dec()
@@ -83,7 +99,7 @@ class GenerationRun:
                     delta = await self._deltas.__anext__()
                 except StopAsyncIteration:
                     return
-                except (EngineUnavailable, EngineRejected, EngineFailed) as exc:
+                except ENGINE_ERRORS as exc:
                     raise as_api_error(exc) from exc
         finally:
             await self._deltas.aclose()

@@ -30,6 +30,16 @@ class Settings:
     # TLS served by the gateway itself (uvicorn's ssl_certfile / ssl_keyfile).
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    request_timeout_s: float = 600.0  # the whole generation; 0: no deadline
+    first_token_timeout_s: float = 60.0  # until the engine's first response (queueing and prefill); 0: none
+    triton_keepalive_s: float = 30.0  # gRPC keepalive pings toward Triton while requests are open; 0: none
+    drain_timeout_s: float = 30.0  # on SIGTERM/SIGINT: how long running streams may go on before they are ended
+
+    def __post_init__(self) -> None:
+        for name in ("request_timeout_s", "first_token_timeout_s", "triton_keepalive_s", "drain_timeout_s"):
+            value = getattr(self, name)
+            if not 0 <= value < float("inf"):
+                raise ValueError(f"{name.removesuffix('_s').replace('_', '-')}: expected seconds >= 0, got {value}")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "Settings":
@@ -53,6 +63,10 @@ class Settings:
             "usage_log": Path(env["INGOT_USAGE_LOG"]) if env.get("INGOT_USAGE_LOG") else None,
             "ssl_certfile": Path(env["INGOT_SSL_CERTFILE"]) if env.get("INGOT_SSL_CERTFILE") else None,
             "ssl_keyfile": Path(env["INGOT_SSL_KEYFILE"]) if env.get("INGOT_SSL_KEYFILE") else None,
+            "request_timeout_s": _seconds(env, "INGOT_REQUEST_TIMEOUT", cls.request_timeout_s),
+            "first_token_timeout_s": _seconds(env, "INGOT_FIRST_TOKEN_TIMEOUT", cls.first_token_timeout_s),
+            "triton_keepalive_s": _seconds(env, "INGOT_TRITON_KEEPALIVE", cls.triton_keepalive_s),
+            "drain_timeout_s": _seconds(env, "INGOT_DRAIN_TIMEOUT", cls.drain_timeout_s),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         if values["artifact_dir"] is None:
@@ -63,3 +77,16 @@ class Settings:
 
     def with_overrides(self, **changes) -> "Settings":
         return replace(self, **changes)
+
+
+def _seconds(env, name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{name}={raw!r}: expected a finite number of seconds, 0 or more")
+    return value

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -19,7 +20,7 @@ from engines import contract
 
 RESPONSE_TENSORS = ("output_ids", "sequence_length", "output_log_probs")
 UNAVAILABLE_MARKERS = ("unavailable", "failed to connect", "connection refused", "is not found", "not ready",
-                       "deadline exceeded", "socket closed", "unknown model")
+                       "socket closed", "unknown model")
 
 
 class EngineUnavailable(RuntimeError):
@@ -28,6 +29,10 @@ class EngineUnavailable(RuntimeError):
 
 class EngineRejected(ValueError):
     """The engine refused the request as invalid: the gateway answers 400."""
+
+
+class EngineTimeout(RuntimeError):
+    """The engine did not answer within the request's deadline: the gateway answers 504."""
 
 
 class EngineFailed(RuntimeError):
@@ -50,6 +55,9 @@ def response_tensors(request: contract.GenerationRequest) -> tuple[str, ...]:
 def classify(error: Exception) -> Exception:
     message = str(error)
     lowered = message.lower()
+    code = error.code() if isinstance(error, grpc.RpcError) and hasattr(error, "code") else None
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or "deadline exceeded" in lowered:
+        return EngineTimeout(message)
     if "invalid request:" in lowered:
         return EngineRejected(message[lowered.index("invalid request:") + len("invalid request:"):].strip())
     if any(marker in lowered for marker in UNAVAILABLE_MARKERS):
@@ -103,15 +111,29 @@ def chunk_of(result) -> contract.GenerationChunk:
     return contract.GenerationChunk(ids.tolist(), log_probs, final)
 
 
+def keepalive_options(keepalive_s: float) -> grpcclient.KeepAliveOptions:
+    """Pings while requests are open, so a frozen or vanished Triton fails them (UNAVAILABLE) in about
+    1.5 x `keepalive_s` instead of leaving them to their deadline; no pings on an idle channel, which Triton
+    would count as abuse. 0 turns pings off (tritonclient's default)."""
+    if not keepalive_s:
+        return grpcclient.KeepAliveOptions()
+    return grpcclient.KeepAliveOptions(keepalive_time_ms=int(keepalive_s * 1000),
+                                       keepalive_timeout_ms=int(max(keepalive_s / 2, 1) * 1000),
+                                       keepalive_permit_without_calls=False, http2_max_pings_without_data=0)
+
+
 class TritonEngineClient:
-    def __init__(self, url: str, model_name: str = contract.MODEL_NAME, ready_timeout_s: float = 2.0):
+    def __init__(self, url: str, model_name: str = contract.MODEL_NAME, ready_timeout_s: float = 2.0,
+                 keepalive_s: float = 0.0):
         self.url, self.model_name, self.ready_timeout_s = url, model_name, ready_timeout_s
+        self.keepalive_s = keepalive_s
         self._client: grpcclient.InferenceServerClient | None = None
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:
         if self._client is None:  # created lazily: it binds to the running event loop
-            self._client = grpcclient.InferenceServerClient(self.url)
+            self._client = grpcclient.InferenceServerClient(
+                self.url, keepalive_options=keepalive_options(self.keepalive_s))
         return self._client
 
     async def is_ready(self) -> bool:
@@ -126,9 +148,11 @@ class TritonEngineClient:
             self._client = None
 
     async def generate(
-        self, request: contract.GenerationRequest, request_id: str = ""
+        self, request: contract.GenerationRequest, request_id: str = "", deadline: float | None = None
     ) -> AsyncIterator[contract.GenerationChunk]:
-        """Chunks of new tokens until the final one; raises EngineUnavailable/EngineRejected/EngineFailed."""
+        """Chunks of new tokens until the final one; raises EngineUnavailable/EngineRejected/EngineTimeout/
+        EngineFailed. `deadline` (time.monotonic()) becomes the gRPC deadline of the stream: gRPC ends the call
+        when it passes, even if Triton no longer answers, and Triton cancels the request when it sees that."""
         done = asyncio.Event()
         names = response_tensors(request)
         decode = chunk_of if fast_path(request, names) else functools.partial(slow_chunk_of, names=names)
@@ -140,7 +164,8 @@ class TritonEngineClient:
             await done.wait()  # keep our half of the stream open until the answer is complete
 
         try:
-            call = self.client.stream_infer(requests())
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            call = self.client.stream_infer(requests(), stream_timeout=timeout)
         except InferenceServerException as exc:
             raise classify(exc) from exc
         finished = False

@@ -1,7 +1,15 @@
 """Reference outputs for the end-to-end tests: transformers' greedy decoding of the demo model."""
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
+
+from engines.repository import PortableSettings
+from engines.targets.portable import build_portable
+
+LONG_CONTEXT = 32768
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +50,18 @@ def reference_greedy(reference_model):
         return new[: new.index(eos)] if eos in new else new
 
     return greedy
+
+
+@pytest.fixture(scope="session")
+def long_context_artifact(demo_checkpoints, tmp_path_factory):
+    """The demo Llama with a 32k context: a request for tens of thousands of tokens runs for minutes on a CPU,
+    so tests can catch a generation that goes on when it should have stopped."""
+    root = tmp_path_factory.mktemp("long-context")
+    checkpoint = shutil.copytree(demo_checkpoints["llama"], root / "checkpoint")
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["max_position_embeddings"] = LONG_CONTEXT
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    artifact = root / "demo-llama"
+    settings = PortableSettings(kv_cache_memory_bytes=160 << 20, max_num_seqs=8, max_num_batched_tokens=512)
+    build_portable(checkpoint, artifact, settings, model_name="demo-llama")
+    return artifact
