@@ -91,23 +91,8 @@ def engine_metric(ingot_stack, name: str) -> float:
     return sum(values)
 
 
-def test_client_disconnect_cancels_the_engine_request(ingot_stack):
-    body = {"model": ingot_stack.model, "prompt": "Hello", "max_tokens": 400, "stream": True, "ignore_eos": True}
-    headers = {"Authorization": f"Bearer {ingot_stack.api_key}"}
-    with httpx.stream("POST", f"{ingot_stack.base_url}/v1/completions", json=body, headers=headers) as response:
-        lines = response.iter_lines()
-        received = [next(lines) for _ in range(4)]
-        assert all(line.startswith("data: ") or line == "" for line in received)
-        deadline = time.monotonic() + 20  # the engine's gauges are refreshed on a period
-        while engine_metric(ingot_stack, "ingot_engine_running_requests") < 1:
-            assert time.monotonic() < deadline, "the engine never held the request"
-            time.sleep(0.05)
-    deadline = time.monotonic() + 20
-    while engine_metric(ingot_stack, "ingot_engine_running_requests") > 0:
-        assert time.monotonic() < deadline, "the engine kept generating for a client that went away"
-        time.sleep(0.1)
-    assert engine_metric(ingot_stack, "ingot_engine_free_kv_blocks") == engine_metric(
-        ingot_stack, "ingot_engine_total_kv_blocks")
+# A client that leaves cancels its engine request: tests/e2e/test_disconnect.py (a generation long enough that
+# the engine's periodic gauge always sees it running; 400 tokens of the demo model can end before it does).
 
 
 def test_unreachable_triton_is_503_not_a_hang(ingot_stack, tmp_path):
