@@ -28,19 +28,30 @@ def tls_overrides(args: argparse.Namespace) -> dict:
     return {name: Path(getattr(args, name)) for name in ("ssl_certfile", "ssl_keyfile") if getattr(args, name, None)}
 
 
+WORKERS_HELP = ("gateway processes sharing the port, each with its own Triton client (INGOT_GATEWAY_WORKERS; "
+                "default: half the cores this process may use, 1 to 8)")
+
+
 def gateway_overrides(args: argparse.Namespace) -> dict:
     """Settings given as flags of `ingot gateway` and `ingot serve` alike (None: from INGOT_* or the default)."""
-    return {"request_timeout_s": args.request_timeout, "first_token_timeout_s": args.first_token_timeout}
+    return {"request_timeout_s": args.request_timeout, "first_token_timeout_s": args.first_token_timeout,
+            "workers": getattr(args, "workers", None) or getattr(args, "gateway_workers", None)}
 
 
 def run_gateway(settings) -> None:
     import uvicorn
 
     from server.app import create_app
+    from server.workers import default_workers, run_workers
 
+    options = {"log_level": "info", "timeout_graceful_shutdown": 5,
+               "ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile}
+    workers = settings.workers or default_workers()
+    if workers > 1:
+        run_workers(settings, workers, options)
+        return
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5,
-                ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
+    uvicorn.run(app, host=settings.host, port=settings.port, **options)
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -68,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     gateway = sub.add_parser("gateway", help="run the OpenAI gateway in front of a Triton server")
     gateway.add_argument("--artifact", default=None, help="engine artifact dir with manifest.json (INGOT_ARTIFACT_DIR)")
     gateway.add_argument("--triton-url", default=None, help="Triton gRPC host:port (INGOT_TRITON_URL)")
+    gateway.add_argument("--workers", type=int, default=None, metavar="N", help=WORKERS_HELP)
     _gateway_args(gateway)
     gateway.set_defaults(func=cmd_gateway)
 
@@ -80,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--triton-grpc-port", type=int, default=0, help="0: a free port")
     serve.add_argument("--embedding-model", default=None,
                        help="also serve /v1/embeddings: a sentence-transformers folder or all-MiniLM-L6-v2")
+    serve.add_argument("--gateway-workers", type=int, default=None, metavar="N", help=WORKERS_HELP)
     _gateway_args(serve)
     serve.set_defaults(func=cmd_serve)
 

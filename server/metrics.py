@@ -10,7 +10,9 @@ from the key file. Gauges say how to add up across gateway workers (prometheus-c
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
@@ -91,3 +93,14 @@ def route_label(routes, scope: dict) -> str:
         if match != Match.NONE:
             return getattr(route, "path", UNMATCHED_ROUTE)
     return UNMATCHED_ROUTE
+
+
+def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The text /metrics serves: this process's registry, or with several gateway workers (server/workers.py)
+    the sum over all of them from prometheus-client's multiprocess files."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST

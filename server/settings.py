@@ -34,12 +34,15 @@ class Settings:
     first_token_timeout_s: float = 60.0  # until the engine's first response (queueing and prefill); 0: none
     triton_keepalive_s: float = 30.0  # gRPC keepalive pings toward Triton while requests are open; 0: none
     drain_timeout_s: float = 30.0  # on SIGTERM/SIGINT: how long running streams may go on before they are ended
+    workers: int | None = None  # gateway processes; None: half the cores (server.workers.default_workers)
 
     def __post_init__(self) -> None:
         for name in ("request_timeout_s", "first_token_timeout_s", "triton_keepalive_s", "drain_timeout_s"):
             value = getattr(self, name)
             if not 0 <= value < float("inf"):
                 raise ValueError(f"{name.removesuffix('_s').replace('_', '-')}: expected seconds >= 0, got {value}")
+        if self.workers is not None and not 1 <= self.workers <= 64:
+            raise ValueError(f"workers: expected 1 to 64 gateway processes, got {self.workers}")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "Settings":
@@ -67,6 +70,7 @@ class Settings:
             "first_token_timeout_s": _seconds(env, "INGOT_FIRST_TOKEN_TIMEOUT", cls.first_token_timeout_s),
             "triton_keepalive_s": _seconds(env, "INGOT_TRITON_KEEPALIVE", cls.triton_keepalive_s),
             "drain_timeout_s": _seconds(env, "INGOT_DRAIN_TIMEOUT", cls.drain_timeout_s),
+            "workers": int(env["INGOT_GATEWAY_WORKERS"]) if env.get("INGOT_GATEWAY_WORKERS") else None,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         if values["artifact_dir"] is None:

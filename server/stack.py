@@ -75,7 +75,7 @@ def check_port_free(host: str, port: int) -> None:
 
 def serve_stack(args) -> int:
     from server.announce import announce_when_listening, announcement, client_url
-    from server.cli import run_gateway, tls_overrides
+    from server.cli import gateway_overrides, run_gateway, tls_overrides
     from server.settings import Settings
 
     started = time.monotonic()
@@ -100,7 +100,7 @@ def serve_stack(args) -> int:
             triton = supervisor.start(grpc_port=args.triton_grpc_port, on_stage=stage)
         settings = Settings.from_env(artifact_dir=artifact, triton_url=triton.grpc_url, host=host, port=port,
                                      served_model_name=args.served_model_name, max_model_len=args.max_model_len,
-                                     **overrides, **tls_overrides(args))
+                                     **overrides, **tls_overrides(args), **gateway_overrides(args))
         model = settings.served_model_name or read_manifest(artifact).model_name
         base_url = client_url(settings.host, settings.port)
         demo_key = overrides.get("api_keys", (None,))[0]

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.errors import error_response, unavailable
+from server.metrics import exposition
 
 router = APIRouter()
 
@@ -25,4 +25,5 @@ async def ready(request: Request):
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    body, media_type = exposition(request.app.state.metrics.registry)
+    return Response(body, media_type=media_type)
