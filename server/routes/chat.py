@@ -88,8 +88,8 @@ async def _stream(runs: list[GenerationRun], body: ChatCompletionRequest, state,
     chunk_id, model, created = new_id("chatcmpl"), state.model.name, int(time.time())
 
     def payload(choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
-        return ChatCompletionChunk(id=chunk_id, model=model, created=created, system_fingerprint=state.model.fingerprint,
-                                   choices=choices, usage=usage)
+        return ChatCompletionChunk(id=chunk_id, model=model, created=created,
+                                   system_fingerprint=state.model.fingerprint, choices=choices, usage=usage)
 
     def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None, exclude=None) -> bytes:
         return sse.event(payload(choices, usage), exclude=exclude)

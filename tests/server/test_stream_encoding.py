@@ -11,7 +11,7 @@ from engines import contract
 from server import sse
 from server.protocol import ChatChunkChoice, ChatCompletionChunk, Completion, CompletionChoice, DeltaMessage
 from server.routes.chat import NO_ROLE
-from server.triton_client import RESPONSE_TENSORS, chunk_of
+from server.triton_client import RESPONSE_TENSORS, chunk_of, fast_path, response_tensors, slow_chunk_of
 
 TEXTS = ["plain", "", " leading space", 'quote " and backslash \\', "tab\tnew\nline\rcr\bbs\fff", "\x00\x01\x1f\x7f",
          "你好，世界！", "emoji 😀🚀", "\u2028\u2029 separators", "</script>&<>'", "\ufffd replacement"]
@@ -22,17 +22,19 @@ def random_text(rng: random.Random) -> str:
     return "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
 
 
+@pytest.mark.parametrize("index", [0, 3])
 @pytest.mark.parametrize("text", TEXTS + [random_text(random.Random(seed)) for seed in range(50)])
-def test_text_events_equal_the_pydantic_rendering(text):
-    completion = Completion(id="cmpl-1", model="m/ödel", created=7, choices=[CompletionChoice(text=sse.TEXT_MARK)])
-    events = sse.TextEvents(completion.model_dump_json())
-    expected = Completion(id="cmpl-1", model="m/ödel", created=7, choices=[CompletionChoice(text=text)])
-    assert events(text) == sse.event(expected)
+def test_text_events_equal_the_pydantic_rendering(text, index):
+    def completion(piece: str) -> Completion:
+        return Completion(id="cmpl-1", model="m/ödel", created=7, system_fingerprint="fp_1",
+                          choices=[CompletionChoice(index=index, text=piece)])
+
+    assert sse.TextEvents(completion(sse.TEXT_MARK).model_dump_json())(text) == sse.event(completion(text))
 
     def chat(content: str) -> str:
-        return ChatCompletionChunk(id="c", model="m", created=7,
-                                   choices=[ChatChunkChoice(delta=DeltaMessage(content=content))]).model_dump_json(
-            exclude=NO_ROLE)
+        return ChatCompletionChunk(id="c", model="m", created=7, system_fingerprint="fp_1",
+                                   choices=[ChatChunkChoice(index=index, delta=DeltaMessage(content=content))]
+                                   ).model_dump_json(exclude=NO_ROLE)
 
     assert sse.TextEvents(chat(sse.TEXT_MARK))(text) == f"data: {chat(text)}\n\n".encode()
     assert b'"role"' not in sse.TextEvents(chat(sse.TEXT_MARK))(text)
@@ -68,3 +70,27 @@ def test_chunk_decoding_takes_beam_zero_up_to_its_sequence_length():
     tensors = {"output_ids": ids, "sequence_length": np.array([[3, 4]], dtype=np.int32)}
     assert chunk_of(infer_result(tensors, True)) == contract.GenerationChunk([1, 2, 3], None, True)
     assert chunk_of(infer_result({}, True)) == contract.GenerationChunk([], None, True)
+
+
+@pytest.mark.parametrize("fields, fast", [
+    ({}, True),
+    ({"return_log_probs": True}, False),  # cum_log_probs too: best_of ranks by it
+    ({"beam_width": 2}, False),
+    ({"return_generation_logits": True}, False),
+    ({"return_context_logits": True}, False),
+])
+def test_the_raw_path_only_for_one_beam_of_ids_and_logprobs(fields, fast):
+    request = contract.GenerationRequest(input_ids=[1, 2], request_output_len=4, **fields)
+    names = response_tensors(request)
+    assert fast_path(request, names) is fast
+    assert fast or not set(names) <= set(RESPONSE_TENSORS) or request.beam_width > 1
+
+
+def test_the_general_path_keeps_every_beam_and_its_score():
+    second = contract.GenerationChunk([4, 5], [-0.5, -0.5], True, cum_log_prob=-1.0)
+    best = contract.GenerationChunk([1, 2, 3], [-0.1, -0.2, -0.3], True, cum_log_prob=-0.6, beams=[second])
+    tensors = contract.encode_chunk(best)
+    chunk = slow_chunk_of(infer_result(tensors, True), tuple(tensors))
+    assert chunk.output_ids == [1, 2, 3] and chunk.cum_log_prob == pytest.approx(-0.6)
+    assert [beam.output_ids for beam in chunk.beams] == [[4, 5]]
+    assert chunk.beams[0].cum_log_prob == pytest.approx(-1.0)
