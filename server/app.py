@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from engines.manifest import read_manifest
 from server.auth import KeyStore
 from server.docs import install_docs
+from server.drain import Drain
 from server.errors import install_error_handlers
 from server.metrics import Metrics
 from server.embeddings import load_embeddings
@@ -83,8 +84,11 @@ def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> 
     limiter = make_limiter(settings)
     usage_log = UsageLog(settings.usage_log) if settings.usage_log else None
 
+    drain = Drain(settings.drain_timeout_s)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        drain.install()  # SIGTERM/SIGINT drain first, then reach uvicorn
         yield
         await engine.close()
         if app.state.embeddings is not None:
@@ -98,12 +102,13 @@ def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> 
     install_docs(app)  # /docs and /redoc with their assets from installed packages, no CDN
     app.state.settings, app.state.keys, app.state.metrics = settings, keys, Metrics()
     app.state.model, app.state.tokenizer, app.state.engine = model, tokenizer, engine
+    app.state.drain = drain
     app.state.embeddings = load_embeddings(settings.artifact_dir, settings.triton_url)
     install_error_handlers(app)
 
     # Admission checks, in order, before any route reads the body (see server/middleware.py).
     metrics = app.state.metrics
-    checks: list[Check] = [api_key_check(keys), in_flight_check(settings.max_in_flight, metrics),
+    checks: list[Check] = [drain.check(metrics), api_key_check(keys), in_flight_check(settings.max_in_flight, metrics),
                            key_limits_check(limiter, metrics, usage_log),
                            body_size_check(settings.max_body_bytes, metrics)]
     app.add_middleware(GatewayMiddleware, checks=checks, metrics=metrics)

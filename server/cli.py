@@ -22,6 +22,9 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first-token-timeout", type=float, default=None, metavar="S",
                         help="time allowed until the engine's first token, 0 for none "
                              "(INGOT_FIRST_TOKEN_TIMEOUT, default 60)")
+    parser.add_argument("--drain-timeout", type=float, default=None, metavar="S",
+                        help="on SIGTERM/SIGINT, how long running requests may go on while new ones get 503 "
+                             "(INGOT_DRAIN_TIMEOUT, default 30)")
 
 
 def tls_overrides(args: argparse.Namespace) -> dict:
@@ -35,6 +38,7 @@ WORKERS_HELP = ("gateway processes sharing the port, each with its own Triton cl
 def gateway_overrides(args: argparse.Namespace) -> dict:
     """Settings given as flags of `ingot gateway` and `ingot serve` alike (None: from INGOT_* or the default)."""
     return {"request_timeout_s": args.request_timeout, "first_token_timeout_s": args.first_token_timeout,
+            "drain_timeout_s": args.drain_timeout,
             "workers": getattr(args, "workers", None) or getattr(args, "gateway_workers", None)}
 
 
@@ -42,9 +46,11 @@ def run_gateway(settings) -> None:
     import uvicorn
 
     from server.app import create_app
+    from server.drain import UVICORN_GRACE_S
     from server.workers import default_workers, run_workers
 
-    options = {"log_level": "info", "timeout_graceful_shutdown": 5,
+    # The drain (server/drain.py) runs before uvicorn's shutdown, whose grace is for what is left.
+    options = {"log_level": "info", "timeout_graceful_shutdown": UVICORN_GRACE_S,
                "ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile}
     workers = settings.workers or default_workers()
     if workers > 1:

@@ -53,7 +53,7 @@ class Metrics:
                                  registry=registry)
         self.rejected = Counter("ingot_requests_rejected_total",
                                 "Requests refused by admission control (body_too_large, overloaded, rate_limited, "
-                                "quota).", ["reason"], registry=registry)
+                                "quota) or while shutting down (shutting_down).", ["reason"], registry=registry)
         # Per API key: labelled by the key's id from the key file, never by the key.
         self.key_requests = Counter("ingot_key_requests_total", "Requests per API key id and HTTP status.",
                                     ["key_id", "status"], registry=registry)

@@ -9,6 +9,7 @@ from typing import TypeVar
 from fastapi import Request
 
 from server.engine_features import check_request
+from server.drain import shutting_down
 from server.errors import APIError, bad_request, log, unavailable
 from server.generation import Delta, GenerationPlan, generate
 from server.metrics import Metrics
@@ -55,13 +56,31 @@ class GenerationRun:
         self._deltas = generate(state.engine, state.tokenizer, plan, request.headers.get("x-request-id", ""),
                                 deadline)
         self._first: Delta | None = None
+        self._wait: asyncio.Timeout | None = None  # the wait on the engine now, which `interrupt` ends
+        self.drain = state.drain
+        self.drain.runs.add(self)
+
+    def interrupt(self) -> None:
+        """The gateway is shutting down (server/drain.py): end the wait on the engine now, if any; the next one
+        does not start."""
+        if self._wait is not None:
+            self._wait.reschedule(asyncio.get_running_loop().time())
+
+    async def _next(self, timeout_s: float | None = None) -> Delta:
+        """The engine's next delta; TimeoutError after `timeout_s` or once the drain has ended the generation."""
+        if self.drain.expired:
+            raise TimeoutError
+        async with asyncio.timeout(timeout_s) as self._wait:
+            try:
+                return await self._deltas.__anext__()
+            finally:
+                self._wait = None
 
     async def start(self) -> None:
         self.metrics.in_flight.inc()
         self.metrics.waiting.inc()
         try:
-            async with asyncio.timeout(self.first_token_timeout_s):
-                self._first = await self._deltas.__anext__()
+            self._first = await self._next(self.first_token_timeout_s)
         except StopAsyncIteration:
             self._first = Delta("", finish_reason="stop")
         except BaseException as exc:  # an engine error, a timeout, or cancelled because the client left
@@ -70,6 +89,8 @@ class GenerationRun:
             await self._deltas.aclose()  # ends the gRPC stream: Triton cancels the request
             if isinstance(exc, ENGINE_ERRORS):
                 raise as_api_error(exc) from exc
+            if isinstance(exc, TimeoutError) and self.drain.expired:
+                raise shutting_down() from exc
             if isinstance(exc, TimeoutError):
                 raise timed_out(f"The engine sent no token within {self.first_token_timeout_s:g}s; "
                                 "it is overloaded or not answering. Retry later.", "first_token_timeout") from exc
@@ -96,11 +117,13 @@ class GenerationRun:
                     self.finish_reason = delta.finish_reason
                     return
                 try:
-                    delta = await self._deltas.__anext__()
+                    delta = await self._next()
                 except StopAsyncIteration:
                     return
                 except ENGINE_ERRORS as exc:
                     raise as_api_error(exc) from exc
+                except TimeoutError as exc:  # only the drain ends this wait
+                    raise shutting_down() from exc
         finally:
             await self._deltas.aclose()
             self.metrics.in_flight.dec()

@@ -4,6 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from server.drain import shutting_down
 from server.errors import error_response, unavailable
 from server.metrics import exposition
 
@@ -17,6 +18,8 @@ async def health() -> dict:
 
 @router.get("/ready")
 async def ready(request: Request):
+    if request.app.state.drain.draining:
+        return error_response(shutting_down())
     if await request.app.state.engine.is_ready():
         return JSONResponse({"status": "ready", "model": request.app.state.model.name})
     # Open route: says nothing about where the engine lives (the address is in the gateway's log at start).
