@@ -7,6 +7,8 @@ from pathlib import Path
 
 # Names TGI's clients send when they name no model: "tgi" (TGI's docs), "dummy" (huggingface_hub given a URL).
 DEFAULT_MODEL_ALIASES = "tgi,dummy"
+# Triton accepts a ping every 5 s at most (engines/triton/launcher.py MIN_PING_INTERVAL_MS, and the k8s launch script).
+MIN_KEEPALIVE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class Settings:
             value = getattr(self, name)
             if not 0 <= value < float("inf"):
                 raise ValueError(f"{name.removesuffix('_s').replace('_', '-')}: expected seconds >= 0, got {value}")
+        if 0 < self.triton_keepalive_s < MIN_KEEPALIVE_S:
+            raise ValueError(f"triton-keepalive: 0 (off) or at least {MIN_KEEPALIVE_S:g}s between pings (Triton "
+                             f"drops connections that ping more often), got {self.triton_keepalive_s:g}")
         if self.workers is not None and not 1 <= self.workers <= 64:
             raise ValueError(f"workers: expected 1 to 64 gateway processes, got {self.workers}")
 

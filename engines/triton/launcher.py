@@ -51,6 +51,17 @@ class TritonStartError(RuntimeError):
 RESTRICTED_APIS = ("model-repository", "model-config", "statistics", "trace", "logging", "shared-memory")
 UNSENDABLE_HEADER = "admin apis are off"  # not a valid HTTP header name nor gRPC metadata key
 SHM_DIR = Path("/dev/shm")
+# gRPC keepalive, both ways. The gateway pings while it has requests open, also when no data flows (a queued
+# request): Triton's default counts pings less than 5 minutes apart without data as abuse and drops the connection,
+# with every request on it, after two; it accepts one every MIN_PING_INTERVAL_MS here (the gateway's interval,
+# INGOT_TRITON_KEEPALIVE, may not go below it). Triton pings an idle-looking gateway every minute, so requests of a
+# gateway that vanished without closing its connection (a lost node) are cancelled within about 80 s.
+MIN_PING_INTERVAL_MS = 5000
+KEEPALIVE_FLAGS = (
+    f"--grpc-http2-min-recv-ping-interval-without-data={MIN_PING_INTERVAL_MS}",
+    "--grpc-keepalive-time=60000",
+    "--grpc-keepalive-timeout=20000",
+)
 
 
 def _prepare_child() -> None:
@@ -287,6 +298,7 @@ def start_triton(
         f"--http-restricted-api={restricted}",
         f"--grpc-restricted-protocol={restricted}",
         f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+        *KEEPALIVE_FLAGS,
         "--exit-on-error=true",
         "--exit-timeout-secs=10",
         "--log-verbose=0",

@@ -302,3 +302,22 @@ def test_a_new_artifact_uri_changes_the_pod_templates():
 
     assert artifact_ref(mistral) != artifact_ref(llama)
     assert artifact_ref(mistral).startswith("ingot-artifact-")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_drains_inside_its_termination_grace_period(overlay):
+    from server.drain import longest_shutdown_s
+
+    gateway = named(render(overlay), "Deployment", "ingot-gateway")
+    container = containers(gateway)[0]
+    settings = env(container)
+    drain_s = float(settings["INGOT_DRAIN_TIMEOUT"])
+    assert drain_s >= 10, "long enough for a running answer to finish"
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["python", "-c"]
+    pre_stop_s = float(command[2].rsplit("sleep(", 1)[1].rstrip(")"))
+    assert 0 < pre_stop_s <= 15
+    # Kubernetes counts the preStop hook inside the grace period, then sends SIGTERM.
+    assert pod_spec(gateway)["terminationGracePeriodSeconds"] > pre_stop_s + longest_shutdown_s(drain_s)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"  # 503 from SIGTERM on
+    assert int(settings["INGOT_GATEWAY_WORKERS"]) >= 1, "set: the default counts the node's cores"

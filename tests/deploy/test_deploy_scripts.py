@@ -136,3 +136,29 @@ def test_dev_demo_artifact_passes_verification(tmp_path):
     assert (out / "model_repository" / "tensorrt_llm" / "config.pbtxt").is_file()
     result = verify(out)
     assert result.returncode == 0, result.stderr
+
+
+def restricted_flags(argv_lines: list[str]) -> dict[str, str]:
+    return {line.split("=", 1)[0]: line.split("=", 1)[1] for line in argv_lines
+            if line.startswith(("--http-restricted-api=", "--grpc-restricted-protocol="))}
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_launch_closes_tritons_admin_apis_as_ingot_serve_does(fake_bin, artifact, world_size):
+    from engines.triton.launcher import RESTRICTED_APIS
+
+    result = launch(fake_bin, artifact / "model_repository", TRITON_WORLD_SIZE=world_size)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()  # one argument a line: the header name has spaces
+    flags = restricted_flags(lines)
+    assert set(flags) == {"--http-restricted-api", "--grpc-restricted-protocol"}
+    assert sum(line.startswith("--http-restricted-api=") for line in lines) == int(world_size)  # every rank
+    for setting in flags.values():
+        apis, _, header = setting.partition(":")
+        assert set(apis.split(",")) == set(RESTRICTED_APIS)
+        assert not {"inference", "health", "metadata"} & set(apis.split(","))  # what the gateway uses
+        key, _, value = header.partition("=")
+        assert " " in key, "a header name a client could send"
+        assert len(value) == 32 and int(value, 16) >= 0
+    again = restricted_flags(launch(fake_bin, artifact / "model_repository").stdout.splitlines())
+    assert again["--http-restricted-api"] != flags["--http-restricted-api"], "the value must be random"

@@ -29,7 +29,17 @@ common=(
   --disable-auto-complete-config
   # Finish in-flight requests on SIGTERM within the pod's termination grace period.
   --exit-timeout-secs="${TRITON_EXIT_TIMEOUT_SECS:-30}"
+  # gRPC keepalive as `ingot serve` sets it (engines/triton/launcher.py): accept the gateways' pings (every
+  # INGOT_TRITON_KEEPALIVE s, also while a request waits without data), ping gateways that went silent.
+  --grpc-http2-min-recv-ping-interval-without-data=5000
+  --grpc-keepalive-time=60000 --grpc-keepalive-timeout=20000
 )
+# Triton's admin APIs (load/unload models, configs, statistics, trace, logging, shared memory) answer only
+# requests that carry a header no client can send (its name has spaces) with a random value: the gateway
+# needs inference, health and metadata only. The metrics port is not affected. As `ingot serve` does locally.
+admin_token="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+restricted="model-repository,model-config,statistics,trace,logging,shared-memory:admin apis are off=$admin_token"
+common+=("--http-restricted-api=$restricted" "--grpc-restricted-protocol=$restricted")
 if [[ -n "${TRITON_BACKEND_DIR:-}" ]]; then
   common+=("--backend-directory=$TRITON_BACKEND_DIR")
 fi
