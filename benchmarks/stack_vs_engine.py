@@ -28,6 +28,7 @@ import os
 import platform
 import secrets
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -122,12 +123,16 @@ def run_engine(args) -> int:
 
 
 def stop_stack(triton, gateway, timeout: float = 30.0) -> None:
-    """Stop the gateway (SIGTERM, then SIGKILL after `timeout`), then Triton and its stubs."""
+    """Stop the gateway (SIGTERM: it drains; SIGKILL to its whole session, workers included, after `timeout`),
+    then Triton and its stubs."""
     gateway.terminate()
     try:
         gateway.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        gateway.kill()
+        try:
+            os.killpg(gateway.pid, signal.SIGKILL)  # started with start_new_session: it leads its group
+        except ProcessLookupError:
+            pass
         gateway.wait()
     triton.stop()
 
