@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engines.contract import INPUT_SPECS
+from server.refused_fields import RefusedFields
 
 MAX_STOP_STRINGS = 16
 # Integer fields end up in the contract's tensors: bounded by their dtypes, so a huge value is a 400, never a
@@ -24,8 +25,9 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
-    """Fields shared by chat and text completions, OpenAI's plus the usual vLLM extensions."""
+class SamplingFields(RefusedFields):
+    """Fields shared by chat and text completions, OpenAI's plus the usual vLLM extensions (and, from
+    RefusedFields, those this server refuses by name)."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 

@@ -5,10 +5,9 @@ from engines import contract
 from server.errors import APIError, bad_request
 from server.generation import GenerationPlan
 from server.protocol import SamplingFields
+from server.refused_fields import refused
 from server.tokenizer import Tokenizer
 
-UNSUPPORTED = {
-}
 
 
 def check_model(requested: str, served) -> None:
@@ -20,9 +19,11 @@ def check_model(requested: str, served) -> None:
 
 
 def check_supported(fields: SamplingFields) -> None:
-    for name, message in UNSUPPORTED.items():
-        if getattr(fields, name):
-            raise bad_request(message, name, "unsupported_parameter")
+    """A 400 naming the first parameter the server does not implement (server/refused_fields.py)."""
+    found = refused(fields)
+    if found is not None:
+        name, why = found
+        raise bad_request(why, name, "unsupported_parameter")
 
 
 def output_budget(requested: int | None, prompt_tokens: int, max_model_len: int, param: str = "messages") -> int:
