@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.logprobs_cost " + " ".join(sys.argv[1:] if argv is None else argv),
         "commit": _commit(), "host": platform.node(), "cpu_count": torch.get_num_threads(),
+        "load_average": os.getloadavg(),  # at the end: on a shared machine the figures move with it
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
         "model": {"hidden": args.hidden, "layers": args.layers, "vocab": args.vocab, "dtype": args.dtype},
         "workload": {"requests": args.requests, "prompt_len": args.prompt_len, "output_len": args.output_len},
@@ -122,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
 def _markdown(record: dict) -> str:
     model, work = record["model"], record["workload"]
     lines = [f"# Cost of logprobs in the portable engine ({record['device']})", "",
-             f"{record['date']}, commit {record['commit']}, `{record['command']}`", "",
+             f"{record['date']}, commit {record['commit']}, `{record['command']}`; 1-minute load average at "
+             f"the end {record['load_average'][0]:.1f} on {record['cpu_count']} threads", "",
              f"Random Llama: hidden {model['hidden']}, {model['layers']} layers, vocabulary {model['vocab']}, "
              f"{model['dtype']}; {work['requests']} requests x {work['prompt_len']} prompt / {work['output_len']} "
              "output tokens, all submitted at once, sampled at temperature 1.", "",
