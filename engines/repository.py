@@ -145,7 +145,7 @@ class PortableSettings:
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
     block_size: int = 16
-    kv_cache_memory_bytes: int | None = None  # None: what the GPU has free on CUDA, 256 MiB on CPU
+    kv_cache_memory_bytes: int | None = None  # None: what the GPU has free on CUDA, one full context on CPU
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True

@@ -58,7 +58,8 @@ def system_fingerprint(manifest) -> str:
 def load_model(settings: Settings) -> tuple[ServedModel, Tokenizer]:
     manifest = read_manifest(settings.artifact_dir)
     tokenizer = Tokenizer(settings.artifact_dir / manifest.tokenizer_dir)
-    max_model_len = settings.max_model_len or manifest.max_model_len
+    # the served context: the artifact's (what the engine's KV cache holds), or less when capped here
+    max_model_len = min(settings.max_model_len or manifest.max_model_len, manifest.max_model_len)
     model = ServedModel(settings.served_model_name or manifest.model_name, max_model_len, int(time.time()),
                         settings.model_aliases, system_fingerprint(manifest), manifest.target,
                         EngineFeatures.of_manifest(manifest))

@@ -83,12 +83,12 @@ class EngineConfig:
     dtype: str = "float32"
     block_size: int = 16
     num_kv_blocks: int | None = None  # None: derived from kv_cache_memory_bytes
-    kv_cache_memory_bytes: int = 256 << 20  # 0 on CUDA: what the GPU has free (see gpu_memory_utilization)
+    kv_cache_memory_bytes: int = 256 << 20  # 0: auto (engines/portable/kv_budget.py)
     gpu_memory_utilization: float = 0.92
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
-    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    max_model_len: int | None = None  # None: the model's max_position_embeddings (capped to the KV pool)
     cuda_graphs: bool = True  # capture decode steps on CUDA
     # with CUDA graphs: launch the next greedy decode step before reading this one's tokens
     pipeline_decode: bool = True

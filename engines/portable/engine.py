@@ -25,7 +25,8 @@ from engines.portable.grammar import GrammarCache, fill_mask
 from engines.portable.loader import load_weights, torch_dtype
 from engines.portable.lora import LoraRegistry
 from engines.portable.model import CausalLM
-from engines.portable.model_runner import ModelRunner, kv_cache_blocks
+from engines.portable.kv_budget import kv_cache_blocks, served_context_length
+from engines.portable.model_runner import ModelRunner
 from engines.portable.beam_steps import BeamSteps
 from engines.portable.outputs import RequestOutput, StepOutput
 from engines.portable.request_group import RequestGroup, make_generator
@@ -46,10 +47,12 @@ class _InFlight:
 class LLMEngine(BeamSteps):
     def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, weights: dict):
         self.model_config, self.config = model_config, engine_config
-        self.max_model_len = engine_config.max_model_len or model_config.max_position_embeddings
+        max_model_len = engine_config.max_model_len or model_config.max_position_embeddings
         dtype = torch_dtype(engine_config.dtype)
-        model = CausalLM(model_config, weights, self.max_model_len, engine_config.device, dtype)
-        num_blocks = kv_cache_blocks(model_config, engine_config, dtype)
+        model = CausalLM(model_config, weights, max_model_len, engine_config.device, dtype)
+        num_blocks = kv_cache_blocks(model_config, engine_config, dtype, max_model_len)
+        # what one sequence can hold: the model's context, or less when the KV pool is smaller
+        self.max_model_len = served_context_length(max_model_len, num_blocks, engine_config.block_size)
         self.blocks = BlockManager(num_blocks, engine_config.block_size, engine_config.enable_prefix_caching)
         self.scheduler = Scheduler(engine_config, self.blocks)
         self.runner = ModelRunner(model, engine_config, num_blocks, dtype)

@@ -4,29 +4,10 @@ from __future__ import annotations
 import torch
 
 from engines.portable.attention import AttentionMetadata, GpuAttentionMetadata
-from engines.portable.config import EngineConfig, ModelConfig
+from engines.portable.config import EngineConfig
 from engines.portable.cuda_graphs import DecodeGraphs, Launch
 from engines.portable.model import CausalLM
 from engines.portable.sequence import Sequence
-
-
-GPU_RESERVE_BYTES = 3 << 30  # activations, logits, CUDA graphs and the allocator's slack
-
-
-def kv_cache_blocks(model: ModelConfig, engine: EngineConfig, dtype: torch.dtype) -> int:
-    """Blocks of the KV pool: given, or from a byte budget; a budget of 0 on CUDA takes what the GPU
-    has free (weights already loaded) up to `gpu_memory_utilization` of it, less a reserve."""
-    if engine.num_kv_blocks is not None:
-        return engine.num_kv_blocks
-    element = torch.tensor([], dtype=dtype).element_size()
-    per_block = 2 * model.num_layers * engine.block_size * model.num_kv_heads * model.head_dim * element
-    budget = engine.kv_cache_memory_bytes
-    if budget <= 0 and engine.device.startswith("cuda"):
-        free, total = torch.cuda.mem_get_info(torch.device(engine.device))
-        budget = int(free - (1.0 - engine.gpu_memory_utilization) * total) - GPU_RESERVE_BYTES
-    if budget < per_block:
-        raise ValueError(f"KV-cache budget of {budget} bytes holds not one block of {per_block} bytes")
-    return budget // per_block
 
 
 class ModelRunner:

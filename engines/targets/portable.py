@@ -25,14 +25,27 @@ def build_portable(
     settings = settings or PortableSettings()
     config = json.loads((checkpoint_dir / "config.json").read_text())
     write_portable_repository(checkpoint_dir, artifact_dir, settings)
+    # The gateway reads the served context from the manifest: the engine's, capped to what its KV cache holds.
     manifest = Manifest(
         model_name=model_name or checkpoint_dir.name,
         architecture=config["architectures"][0],
         target="portable",
-        max_model_len=int(config["max_position_embeddings"]),
+        max_model_len=served_context(config, settings),
         source={"checkpoint": str(checkpoint_dir)},
         plan={"engine_parameters": settings.parameters(), **(plan or {})},
         profile=profile or {},
         tokenizer=tokenizer or {},
     )
     return write_manifest(artifact_dir, manifest)
+
+
+def served_context(config: dict, settings: PortableSettings) -> int:
+    """The context the engine will serve with these settings (engines/portable/kv_budget.py). "auto" device and
+    dtype resolve here as on the machine that builds: for a CPU build served on a GPU, a conservative number."""
+    from engines.portable.config import ModelConfig
+    from engines.portable.kv_budget import planned_context_length
+    from engines.portable.loader import torch_dtype
+    from engines.triton.engine_settings import engine_config_from_parameters
+
+    engine = engine_config_from_parameters(settings.parameters())
+    return planned_context_length(ModelConfig.from_dict(config), engine, torch_dtype(engine.dtype))

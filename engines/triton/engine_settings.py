@@ -16,15 +16,10 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if device.startswith("cuda") else "float32"
 
 
-CPU_KV_CACHE_BYTES = 256 << 20
-
-
-def resolve_kv_cache_bytes(value: str, device: str) -> int:
-    """"auto": 0 on CUDA, which sizes the pool from the GPU's free memory once the weights are loaded
-    (EngineConfig.gpu_memory_utilization), and 256 MiB on CPU."""
-    if value != "auto":
-        return int(value)
-    return 0 if device.startswith("cuda") else CPU_KV_CACHE_BYTES
+def resolve_kv_cache_bytes(value: str) -> int:
+    """"auto" is 0, which the engine sizes once the weights are loaded (engines/portable/kv_budget.py): what the
+    GPU has free on CUDA (EngineConfig.gpu_memory_utilization), one full context on CPU (256 MiB to 4 GiB)."""
+    return 0 if value == "auto" else int(value)
 
 
 def engine_config_from_parameters(parameters: dict[str, str]):
@@ -35,7 +30,7 @@ def engine_config_from_parameters(parameters: dict[str, str]):
         device=device,
         dtype=resolve_dtype(parameters.get("dtype", "auto"), device),
         block_size=int(parameters.get("block_size", 16)),
-        kv_cache_memory_bytes=resolve_kv_cache_bytes(parameters.get("kv_cache_memory_bytes", "auto"), device),
+        kv_cache_memory_bytes=resolve_kv_cache_bytes(parameters.get("kv_cache_memory_bytes", "auto")),
         max_num_seqs=int(parameters.get("max_num_seqs", 64)),
         max_num_batched_tokens=int(parameters.get("max_num_batched_tokens", 2048)),
         enable_prefix_caching=parameters.get("enable_kv_cache_reuse", "true").lower() == "true",

@@ -4,18 +4,14 @@ from __future__ import annotations
 import pytest
 
 from engines.repository import PortableSettings
-from engines.triton.engine_settings import (
-    CPU_KV_CACHE_BYTES,
-    cancellation_check_period_s,
-    engine_config_from_parameters,
-)
+from engines.triton.engine_settings import cancellation_check_period_s, engine_config_from_parameters
 
 
-def test_kv_cache_is_sized_from_the_gpu_by_default_and_fixed_on_cpu():
+def test_kv_cache_is_sized_by_the_engine_by_default():
     params = PortableSettings().parameters()
     assert params["kv_cache_memory_bytes"] == "auto"
     cpu = engine_config_from_parameters({**params, "device": "cpu"})
-    assert (cpu.device, cpu.dtype, cpu.kv_cache_memory_bytes) == ("cpu", "float32", CPU_KV_CACHE_BYTES)
+    assert (cpu.device, cpu.dtype, cpu.kv_cache_memory_bytes) == ("cpu", "float32", 0)  # 0: one full context
     gpu = engine_config_from_parameters({**params, "device": "cuda"})
     assert (gpu.device, gpu.dtype, gpu.kv_cache_memory_bytes) == ("cuda", "bfloat16", 0)  # 0: the GPU's free memory
 

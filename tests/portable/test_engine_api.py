@@ -28,9 +28,14 @@ def test_bad_requests_raise_clear_errors(make_engine, prompt, params, message):
         make_engine("llama").add_request("x", prompt, params)
 
 
-def test_request_larger_than_the_kv_cache_is_refused(make_engine):
-    with pytest.raises(ValueError, match="exceed the whole KV cache"):
-        make_engine("llama", num_kv_blocks=2, block_size=8).add_request("x", [1] * 10, SamplingParams(max_new_tokens=8))
+def test_the_served_context_is_capped_to_the_kv_cache(make_engine):
+    engine = make_engine("llama", num_kv_blocks=2, block_size=8)
+    assert engine.max_model_len == 16  # the model has 512 positions; one sequence can hold 16 tokens
+    with pytest.raises(ValueError, match="exceeds the maximum context length of 16"):
+        engine.add_request("x", [1] * 10, SamplingParams(max_new_tokens=8))
+    engine.add_request("y", [1] * 10, SamplingParams(max_new_tokens=6, temperature=0))
+    while engine.has_unfinished():
+        engine.step()
 
 
 def test_abort_frees_every_block(make_engine):
