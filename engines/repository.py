@@ -143,7 +143,7 @@ class PortableSettings:
     """Engine parameters of the portable `tensorrt_llm` model (strings in config.pbtxt)."""
 
     device: str = "auto"  # auto: cuda when available, else cpu
-    dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
+    dtype: str = "auto"  # auto: bfloat16 on cuda and on CPUs with native bfloat16, else float32
     block_size: int = 16
     kv_cache_memory_bytes: int | None = None  # None: what the GPU has free on CUDA, one full context on CPU
     max_num_seqs: int = 64
@@ -152,6 +152,7 @@ class PortableSettings:
     max_batch_size: int = 64
     # how often cancelled requests are found and the gauges refreshed (TensorRT-LLM's parameter of that name)
     cancellation_check_period_ms: int = 100
+    cpu_threads: int | None = None  # None: every core but one on CPU (engines/triton/engine_settings.py)
 
     def parameters(self) -> dict[str, str]:
         return {
@@ -166,6 +167,7 @@ class PortableSettings:
             "enable_kv_cache_reuse": "true" if self.enable_prefix_caching else "false",
             "exclude_input_in_output": "true",
             "cancellation_check_period_ms": str(self.cancellation_check_period_ms),
+            "cpu_threads": "auto" if self.cpu_threads is None else str(self.cpu_threads),
         }
 
 

@@ -23,7 +23,8 @@ real_model_artifact = real_model_fixtures.real_model_artifact
 real_model_stack = real_model_fixtures.real_model_stack
 ROOT = Path(__file__).resolve().parents[1]
 TEST_API_KEY = "sk-ingot-test-key"
-TEST_SETTINGS = PortableSettings(kv_cache_memory_bytes=32 << 20, max_num_seqs=32, max_num_batched_tokens=512)
+TEST_SETTINGS = PortableSettings(dtype="float32", kv_cache_memory_bytes=32 << 20, max_num_seqs=32,
+                                 max_num_batched_tokens=512)
 
 
 @pytest.fixture(scope="session")

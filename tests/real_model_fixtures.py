@@ -15,8 +15,10 @@ from engines.default_model import MODEL_NAME, CachedModel, ensure_default_model
 from engines.repository import PortableSettings
 from engines.targets.portable import build_portable
 
+# float32, which the fidelity tests compare with transformers at 1e-4 ("auto" may pick bfloat16 on this CPU);
 # 128 MiB of KV cache: about 2,800 tokens of this model in float32 (46 KB a token), enough for eight chats.
-REAL_MODEL_SETTINGS = PortableSettings(kv_cache_memory_bytes=128 << 20, max_num_seqs=16, max_num_batched_tokens=512)
+REAL_MODEL_SETTINGS = PortableSettings(dtype="float32", kv_cache_memory_bytes=128 << 20, max_num_seqs=16,
+                                       max_num_batched_tokens=512)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
 """The portable model's config.pbtxt parameters turned into the engine's configuration."""
 from __future__ import annotations
 
+import os
+
 
 def resolve_device(device: str) -> str:
     if device != "auto":
@@ -11,15 +13,55 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
+    """"auto": bfloat16 on CUDA, and on a CPU that computes it natively (AVX-512 BF16 or AMX), where it halves
+    the bytes every decode step reads; float32 on other CPUs, where bfloat16 matmuls are emulated."""
     if dtype != "auto":
         return dtype
-    return "bfloat16" if device.startswith("cuda") else "float32"
+    if device.startswith("cuda") or cpu_has_fast_bfloat16():
+        return "bfloat16"
+    return "float32"
+
+
+def cpu_has_fast_bfloat16() -> bool:
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def resolve_kv_cache_bytes(value: str) -> int:
     """"auto" is 0, which the engine sizes once the weights are loaded (engines/portable/kv_budget.py): what the
     GPU has free on CUDA (EngineConfig.gpu_memory_utilization), one full context on CPU (256 MiB to 4 GiB)."""
     return 0 if value == "auto" else int(value)
+
+
+def cpu_threads(value: str, device: str) -> int | None:
+    """Intra-op threads of the engine's process on CPU. "auto": every core this process may use but one, which
+    is left to the engine's own Python thread, tritonserver and the gateway: a 2-step barrier of two OpenMP
+    threads on two busy cores waits for whichever thread the kernel descheduled, at every operator (measured:
+    ~15x slower decode on this 2-core machine under load). On CUDA "auto" keeps torch's default (None)."""
+    if value != "auto":
+        threads = int(value)
+        if threads <= 0:
+            raise ValueError(f"cpu_threads must be positive or auto, got {value}")
+        return threads
+    if device.startswith("cuda"):
+        return None
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+def apply_cpu_threads(parameters: dict[str, str]) -> int | None:
+    """Set this process's torch threads from the parameters (before any model work); returns the count set."""
+    import torch
+
+    threads = cpu_threads(parameters.get("cpu_threads", "auto"), resolve_device(parameters.get("device", "auto")))
+    if threads is not None:
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(1)  # the engine runs one operator at a time
+        except RuntimeError:  # already set, or parallel work already ran in this process
+            pass
+    return threads
 
 
 def engine_config_from_parameters(parameters: dict[str, str]):

@@ -21,7 +21,11 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from engines import contract
-from engines.triton.engine_settings import cancellation_check_period_s, engine_config_from_parameters
+from engines.triton.engine_settings import (
+    apply_cpu_threads,
+    cancellation_check_period_s,
+    engine_config_from_parameters,
+)
 from engines.triton.responses import Flight, Outbox, Outgoing
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -38,6 +42,7 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         checkpoint = version_dir / parameters.get("checkpoint_dir", "checkpoint")
         self.logger = pb_utils.Logger
+        threads = apply_cpu_threads(parameters)
         self.engine = LLMEngine.from_checkpoint(checkpoint, engine_config_from_parameters(parameters))
         self.check_period = cancellation_check_period_s(parameters)
         self.server_pid = os.getppid()  # tritonserver started this stub
@@ -49,7 +54,9 @@ class TritonPythonModel:
         self.monitor = threading.Thread(target=self._watch, name="portable-monitor", daemon=True)
         self.loop.start()
         self.monitor.start()
-        self.logger.log_info(f"portable engine ready: {checkpoint}")
+        self.logger.log_info(f"portable engine ready: {checkpoint} ({self.engine.config.device}, "
+                             f"{self.engine.config.dtype}, {threads or 'default'} CPU threads, "
+                             f"context {self.engine.max_model_len})")
 
     @staticmethod
     def _make_gauges(model_name: str) -> dict:

@@ -1,17 +1,26 @@
 """The portable model's config.pbtxt parameters -> EngineConfig."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from engines.repository import PortableSettings
-from engines.triton.engine_settings import cancellation_check_period_s, engine_config_from_parameters
+from engines.triton.engine_settings import (
+    apply_cpu_threads,
+    cancellation_check_period_s,
+    cpu_has_fast_bfloat16,
+    cpu_threads,
+    engine_config_from_parameters,
+)
 
 
 def test_kv_cache_is_sized_by_the_engine_by_default():
     params = PortableSettings().parameters()
     assert params["kv_cache_memory_bytes"] == "auto"
     cpu = engine_config_from_parameters({**params, "device": "cpu"})
-    assert (cpu.device, cpu.dtype, cpu.kv_cache_memory_bytes) == ("cpu", "float32", 0)  # 0: one full context
+    cpu_dtype = "bfloat16" if cpu_has_fast_bfloat16() else "float32"
+    assert (cpu.device, cpu.dtype, cpu.kv_cache_memory_bytes) == ("cpu", cpu_dtype, 0)  # 0: one full context
     gpu = engine_config_from_parameters({**params, "device": "cuda"})
     assert (gpu.device, gpu.dtype, gpu.kv_cache_memory_bytes) == ("cuda", "bfloat16", 0)  # 0: the GPU's free memory
 
@@ -29,3 +38,31 @@ def test_cancellation_check_period_mirrors_tensorrt_llm():
     assert cancellation_check_period_s(PortableSettings(cancellation_check_period_ms=20).parameters()) == 0.02
     with pytest.raises(ValueError, match="cancellation_check_period_ms"):
         cancellation_check_period_s({"cancellation_check_period_ms": "0"})
+
+
+def test_cpu_auto_dtype_follows_the_cpu_flags():
+    flags = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
+    if flags:
+        assert cpu_has_fast_bfloat16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+    fp32 = engine_config_from_parameters({**PortableSettings(device="cpu", dtype="float32").parameters()})
+    assert fp32.dtype == "float32"  # what the fidelity tests pin
+
+
+def test_cpu_threads_leave_a_core_to_the_rest_of_the_stack():
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads("auto", "cpu") == max(1, cores - 1)
+    assert cpu_threads("auto", "cuda") is None and cpu_threads("3", "cpu") == 3
+    assert PortableSettings(cpu_threads=2).parameters()["cpu_threads"] == "2"
+    with pytest.raises(ValueError, match="cpu_threads"):
+        cpu_threads("0", "cpu")
+
+
+def test_threads_are_set_in_the_process_that_serves():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert apply_cpu_threads({"device": "cpu", "cpu_threads": "1"}) == 1 and torch.get_num_threads() == 1
+        assert apply_cpu_threads({"device": "cuda"}) is None and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

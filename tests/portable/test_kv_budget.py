@@ -58,5 +58,5 @@ def test_on_cuda_auto_the_model_context_is_planned():
 
 @pytest.mark.parametrize("kv_bytes,expected", [(None, 8192), (128 << 20, 2912)])
 def test_the_manifest_records_the_served_context(kv_bytes, expected):
-    settings = PortableSettings(device="cpu", kv_cache_memory_bytes=kv_bytes)
+    settings = PortableSettings(device="cpu", dtype="float32", kv_cache_memory_bytes=kv_bytes)
     assert served_context(SMOLLM2, settings) == expected
