@@ -64,3 +64,25 @@ def test_max_tokens_beyond_the_served_context_is_a_clear_400(real_model_stack, c
         client.chat.completions.create(model=real_model_stack.model, max_tokens=SERVED,
                                        messages=[{"role": "user", "content": "Hi"}])
     assert caught.value.body["param"] == "max_tokens" and str(SERVED) in caught.value.body["message"]
+
+
+def test_bfloat16_on_cpu_answers_like_float32(real_model):
+    """The CPU default where the CPU has native bfloat16: same answer, log-probabilities within bfloat16's
+    tolerance of float32's (the GPU fidelity run's: 0.35 nats at most)."""
+    from benchmarks.fidelity import engine_logprobs
+    from engines.portable.config import EngineConfig
+    from engines.portable.engine import LLMEngine
+    from engines.portable.sampling import SamplingParams
+    from server.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(real_model.artifact / "tokenizer")
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
+    params = SamplingParams(max_new_tokens=16, temperature=0.0, end_id=tokenizer.eos_token_id)
+    answers, logprobs = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        config = EngineConfig(dtype=dtype, kv_cache_memory_bytes=16 << 20)
+        engine = LLMEngine.from_checkpoint(real_model.checkpoint, config)
+        answers[dtype] = engine.generate([prompt], params)[0]
+        logprobs[dtype] = engine_logprobs(engine, prompt + answers["float32"])
+    assert "Paris" in tokenizer.decode(answers["bfloat16"])
+    assert max(abs(a - b) for a, b in zip(logprobs["float32"], logprobs["bfloat16"], strict=True)) < 0.35
