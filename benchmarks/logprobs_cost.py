@@ -11,7 +11,8 @@ The model is a random-weight Llama of the shape given (no downloads); the vocabu
 since every row handed back is `vocab` floats.
 
     python -m benchmarks.logprobs_cost                       # CPU, a small model with a 49,152 vocabulary
-    python -m benchmarks.logprobs_cost --device cuda --hidden 2048 --layers 16 --requests 64
+    python -m benchmarks.logprobs_cost --device cuda --dtype bfloat16 --hidden 2048 --layers 16 --vocab 32000 \
+        --requests 64 --kv-cache-bytes 0
 
 Results: benchmarks/results/logprobs_cost_<device>.json and .md.
 """
@@ -82,13 +83,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="runs per mode, interleaved; the best is kept")
+    parser.add_argument("--kv-cache-bytes", type=int, default=256 << 20,
+                        help="the engine's KV cache (0 on CUDA: what the GPU has free)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = random_checkpoint(Path(tmp) / "model", args.hidden, args.layers, args.vocab)
-        engine = LLMEngine.from_checkpoint(checkpoint, EngineConfig(device=args.device, dtype=args.dtype,
-                                                                    enable_prefix_caching=False))
+        engine = LLMEngine.from_checkpoint(checkpoint, EngineConfig(
+            device=args.device, dtype=args.dtype, enable_prefix_caching=False,
+            kv_cache_memory_bytes=args.kv_cache_bytes))
         generator = torch.Generator().manual_seed(0)
         prompts = [torch.randint(3, args.vocab, (args.prompt_len,), generator=generator).tolist()
                    for _ in range(args.requests)]
