@@ -10,6 +10,11 @@ Each graph also ends with the greedy choice (argmax and its log-probability), co
 memory behind an event. A row's input token can be taken from the previous launch's greedy choice on
 the device (`source_rows`), so the engine can launch the next step before it has read this one's
 tokens. Host buffers alternate between two launches, which is how far ahead the engine runs.
+
+A launch is finished (its choices copied back behind an event) either at once, or, when some of its rows
+decode under a grammar, after the host has filled their bitmask while the forward runs: `finish` then
+masks those rows' logits on the device and replaces their greedy choice before the copy, so a later
+launch that takes its input tokens from this one reads the constrained choice.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import numpy as np
 import torch
 
 from engines.portable.attention import AttentionMetadata, GpuAttentionMetadata
+from engines.portable.grammar import GrammarMask, masked_greedy
 from engines.portable.model import CausalLM
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
@@ -27,12 +33,12 @@ _FIELDS = 6  # ids, positions, slots, context lengths, source rows, LoRA slots
 
 @dataclass
 class Launch:
-    """One replayed decode step: its results are ready once `event` has passed."""
+    """One replayed decode step: its results are ready once `event` has passed (None until finished)."""
 
     batch: int
     bucket: int
     buffer: int
-    event: torch.cuda.Event
+    event: torch.cuda.Event | None = None
 
 
 class DecodeGraphs:
@@ -64,6 +70,7 @@ class DecodeGraphs:
         self.sampled = torch.zeros(largest, 2, dtype=torch.float32, device=device)
         self.results = [torch.zeros(largest, 2, dtype=torch.float32).pin_memory() for _ in range(2)]
         self.next_buffer = 0
+        self.bitmasks: list[torch.Tensor] = []  # pinned grammar bitmasks, one per host buffer, made on first use
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         kv_heads = model.config.num_kv_heads
@@ -105,10 +112,12 @@ class DecodeGraphs:
         return batch <= self.largest and max_blocks <= self.max_blocks
 
     def launch(self, input_ids: list[int], positions: list[int], slots: list[int], block_tables: list[list[int]],
-               source_rows: list[int] | None = None, lora_slots: list[int] | None = None) -> Launch:
+               source_rows: list[int] | None = None, lora_slots: list[int] | None = None,
+               finish: bool = True) -> Launch:
         """Replays the decode step for B sequences given as host-side lists. A row whose source row
         is >= 0 takes its input token from that row of the previous launch's greedy choice; `lora_slots`
-        gives each row's adapter slot (-1: the base)."""
+        gives each row's adapter slot (-1: the base). Without `finish`, the caller finishes the launch
+        (`finish`) before the next one."""
         batch, largest = len(positions), self.largest
         bucket = next(b for b in self.buckets if b >= batch)
         buffer, self.next_buffer = self.next_buffer, 1 - self.next_buffer
@@ -130,10 +139,31 @@ class DecodeGraphs:
         used = _FIELDS * largest + bucket * self.max_blocks
         self.inputs[:used].copy_(self.stagings[buffer][:used], non_blocking=True)
         self.graphs[bucket].replay()
-        self.results[buffer][:batch].copy_(self.sampled[:batch], non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        return Launch(batch, bucket, buffer, event)
+        launch = Launch(batch, bucket, buffer)
+        if finish:
+            self.finish(launch)
+        return launch
+
+    def host_bitmask(self, launch: Launch, vocab_size: int) -> torch.Tensor:
+        """Pinned memory for the grammar bitmask of `launch`'s rows. Its buffer's last copy to the device
+        was queued two launches ago, and the engine has waited for the launch after that one since."""
+        if not self.bitmasks:
+            words = -(-vocab_size // 32)
+            self.bitmasks = [torch.zeros(self.largest, words, dtype=torch.int32).pin_memory() for _ in range(2)]
+        return self.bitmasks[launch.buffer]
+
+    @torch.inference_mode()
+    def finish(self, launch: Launch, mask: GrammarMask | None = None) -> None:
+        """Queue the copy of the launch's choices to the host, behind an event; the rows of `mask` first
+        take the greedy choice among the tokens their grammar allows (their bitmask is in pinned memory)."""
+        batch, device = launch.batch, self.sampled.device
+        if mask is not None:
+            rows = torch.tensor(mask.rows, dtype=torch.long).to(device, non_blocking=True)
+            bitmask = mask.bitmask[:batch].to(device, non_blocking=True)
+            self.sampled[rows] = masked_greedy(self.logits[launch.bucket][:batch], bitmask, rows)
+        self.results[launch.buffer][:batch].copy_(self.sampled[:batch], non_blocking=True)
+        launch.event = torch.cuda.Event()
+        launch.event.record()
 
     def logits_of(self, launch: Launch) -> torch.Tensor:
         """Logits [B, vocab] of a launch; valid until the next launch of the same bucket."""

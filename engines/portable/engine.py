@@ -9,10 +9,16 @@ GPU. The host's bookkeeping (appending tokens, stop checks, scheduling, filling 
 the GPU's work instead of leaving it idle. A sequence that stops on the token being read has had one
 more step computed for it, which is dropped; its blocks are freed behind that step on the same stream.
 Anything else (prefills, sampling, penalties, new requests that can be admitted) runs step by step.
+
+Greedy rows under a grammar pipeline too: their choice is the argmax of the logits masked by their
+grammar, so a launch holding such rows is finished only once their matchers have accepted the tokens
+being read: the host then fills their bitmask while the forward runs, and the device masks the logits
+and takes the argmax before the launch's choices are copied back (and fed to the next launch).
 """
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +27,7 @@ import torch
 from engines.portable.block_manager import BlockManager
 from engines.portable.config import EngineConfig, ModelConfig
 from engines.portable.cuda_graphs import Launch
-from engines.portable.grammar import GrammarCache, fill_mask
+from engines.portable.grammar import GrammarCache, GrammarMask, advance, fill_mask
 from engines.portable.loader import load_weights, torch_dtype
 from engines.portable.lora import LoraRegistry
 from engines.portable.model import CausalLM
@@ -30,7 +36,7 @@ from engines.portable.model_runner import ModelRunner
 from engines.portable.beam_steps import BeamSteps
 from engines.portable.outputs import RequestOutput, StepOutput
 from engines.portable.request_group import RequestGroup, make_generator
-from engines.portable.sampler import argmax_is_next, sample
+from engines.portable.sampler import masked_argmax_is_next, sample
 from engines.portable.sampling import SamplingParams
 from engines.portable.scheduler import Scheduler
 from engines.portable.sequence import Sequence, Status
@@ -210,8 +216,10 @@ class LLMEngine(BeamSteps):
                       if seq.num_computed_tokens + count == seq.num_tokens]
         if self.pipelined and self.runner.graph_decode(scheduled, completing):
             seqs = [seq for seq, _ in scheduled]
-            if all(argmax_is_next(seq) for seq in seqs):
+            if all(masked_argmax_is_next(seq) for seq in seqs):
                 self._launch(seqs, None)
+                if self._in_flight.launch.event is None:  # grammar rows: their matchers are up to date
+                    self._finish(self._in_flight)
                 return outputs
         # The forward runs even when nobody samples: a step of prefill chunks alone fills the KV cache.
         context_rows = [row for row, (seq, _) in enumerate(scheduled) if self._wants_context(seq)]
@@ -250,12 +258,13 @@ class LLMEngine(BeamSteps):
             plain_seqs = [seqs[row] for row in plain]
             raw_rows = self._raw_rows(plain_logits, plain_seqs)
             # Host work while the GPU runs the forward launched above: sampling is what waits for it.
-            grammar_mask = fill_mask([seq.grammar for seq in plain_seqs], self.model_config.vocab_size)
+            grammar_mask = self._fill_mask([seq.grammar for seq in plain_seqs])
             tokens, logprobs = sample(plain_logits, plain_seqs, grammar_mask)
-            for seq, token, logprob, raw in zip(plain_seqs, tokens, logprobs, raw_rows, strict=True):
+            going = self._advance_grammars(plain_seqs, tokens)
+            for seq, token, logprob, raw, on in zip(plain_seqs, tokens, logprobs, raw_rows, going, strict=True):
                 if raw is not None:
                     seq.generation_logits.append(raw)
-                outputs += self._append(seq, token, logprob)
+                outputs += self._append(seq, token, logprob, on)
         beams = [row for row, seq in enumerate(seqs) if seq.params.beam_search]
         if beams:
             outputs += self._beam_rows(logits[torch.tensor(beams, device=logits.device)], [seqs[r] for r in beams])
@@ -309,10 +318,28 @@ class LLMEngine(BeamSteps):
     # ---- pipelined greedy decoding (CUDA graphs)
 
     def _launch(self, seqs: list[Sequence], source_rows: list[int] | None) -> None:
-        launch = self.runner.launch_decode(seqs, source_rows)
+        """Launch a decode of `seqs`; one with grammar rows is left to `_finish`."""
+        constrained = any(seq.grammar is not None for seq in seqs)
+        launch = self.runner.launch_decode(seqs, source_rows, finish=not constrained)
         for seq in seqs:
             seq.num_computed_tokens += 1
         self._in_flight = _InFlight(seqs, launch)
+
+    def _finish(self, in_flight: _InFlight) -> None:
+        """Fill the bitmask of the launch's grammar rows (host work while its forward runs) and queue
+        their masked choice; rows that ended since the launch are left out (their step is dropped)."""
+        states = [seq.grammar if seq.status is Status.RUNNING else None for seq in in_flight.seqs]
+        self.runner.finish(in_flight.launch, self._fill_mask(states, self.runner.grammar_bitmask(in_flight.launch)))
+
+    def _fill_mask(self, states: list, out: torch.Tensor | None = None) -> GrammarMask | None:
+        if all(state is None for state in states):
+            return None
+        started = time.perf_counter()
+        mask = fill_mask(states, self.model_config.vocab_size, out)
+        stats = self._grammars.stats
+        stats.fills, stats.filled_rows = stats.fills + 1, stats.filled_rows + len(mask.rows)
+        stats.fill_seconds += time.perf_counter() - started
+        return mask
 
     def _launch_ahead(self, in_flight: _InFlight) -> None:
         """Launch the decode after the one in flight, if every running sequence is in it and will
@@ -325,7 +352,7 @@ class LLMEngine(BeamSteps):
         rows = {id(seq): row for row, seq in enumerate(in_flight.seqs)}
         following = [seq for seq in running if seq.num_output_tokens + 1 < seq.params.max_new_tokens
                      and seq.num_tokens + 1 < self.max_model_len]
-        if not following or not all(argmax_is_next(seq, 1) for seq in following):
+        if not following or not all(masked_argmax_is_next(seq, 1) for seq in following):
             return
         if sum(self.blocks.blocks_needed(seq, 1) for seq in following) > self.blocks.num_free_blocks:
             return
@@ -339,20 +366,37 @@ class LLMEngine(BeamSteps):
         in_flight, self._in_flight = self._in_flight, None
         self._launch_ahead(in_flight)
         tokens, logprobs = self.runner.greedy(in_flight.launch)
+        # aborted while its step ran, or stopped one step before this one: its token is dropped
+        rows = [(seq, token, logprob) for seq, token, logprob in zip(in_flight.seqs, tokens, logprobs, strict=True)
+                if seq.status is not Status.FINISHED]
+        going = self._advance_grammars([seq for seq, _, _ in rows], [token for _, token, _ in rows])
         outputs = []
-        for seq, token, logprob in zip(in_flight.seqs, tokens, logprobs, strict=True):
-            if seq.status is Status.FINISHED:
-                continue  # aborted while its step ran, or stopped one step before this one
-            outputs += self._append(seq, token, logprob)
+        for (seq, token, logprob), on in zip(rows, going, strict=True):
+            outputs += self._append(seq, token, logprob, on)
             if seq.status is not Status.FINISHED:
                 self.blocks.register_full_blocks(seq)
+        if self._in_flight is not None and self._in_flight.launch.event is None:
+            self._finish(self._in_flight)  # the next launch's grammar rows, now that their matchers moved on
         return outputs
 
-    def _append(self, seq: Sequence, token: int, logprob: float) -> list[StepOutput]:
+    def _advance_grammars(self, seqs: list[Sequence], tokens: list[int]) -> list[bool]:
+        """Whether each sequence's grammar goes on after its token (True without a grammar), all advanced
+        in one batched call."""
+        going = [True] * len(seqs)
+        rows = [row for row, seq in enumerate(seqs) if seq.grammar is not None]
+        if rows:
+            started = time.perf_counter()
+            for row, on in zip(rows, advance([seqs[r].grammar for r in rows], [tokens[r] for r in rows]),
+                               strict=True):
+                going[row] = on
+            self._grammars.stats.advance_seconds += time.perf_counter() - started
+        return going
+
+    def _append(self, seq: Sequence, token: int, logprob: float, grammar_goes_on: bool = True) -> list[StepOutput]:
         params = seq.params
         new_ids, new_logprobs = [token], [logprob]
         seq.cum_logprob += logprob  # an ending token's too: it is part of the choice's probability
-        if seq.grammar is not None and (seq.grammar.is_stop(token) or not seq.grammar.accept(token)):
+        if not grammar_goes_on:
             # The grammar is complete (only stop tokens were allowed), or it cannot go on.
             new_ids, new_logprobs, reason = [], [], "stop"
             seq.generation_logits[-1:] = []  # its row goes with the token

@@ -7,6 +7,9 @@ and hits are counted. Each request walks its own matcher: before sampling, the m
 allowed next tokens as a bitmask (host work, done while the GPU computes the forward), the sampler masks
 the logits with it, and the matcher then accepts the sampled token. Once the grammar is complete only the
 stop tokens are allowed, so the request ends with its end id.
+
+A step's rows are filled and advanced together (`fill_mask`, `advance`): one xgrammar call each for the
+whole batch, whose fill runs on xgrammar's own threads without the GIL, so no Python runs per row.
 """
 from __future__ import annotations
 
@@ -41,9 +44,16 @@ class Guide:
 
 @dataclass
 class GrammarStats:
+    """Compiles and cache hits; and the engine loop's host time in the grammar: filling bitmasks (`fills`
+    batched calls over `filled_rows` rows) and advancing matchers by the sampled tokens."""
+
     compiled: int = 0
     cache_hits: int = 0
     compile_seconds: float = 0.0
+    fills: int = 0
+    filled_rows: int = 0
+    fill_seconds: float = 0.0
+    advance_seconds: float = 0.0
 
     @property
     def hit_rate(self) -> float:
@@ -53,7 +63,9 @@ class GrammarStats:
     def as_dict(self) -> dict:
         return {"compiled": self.compiled, "cache_hits": self.cache_hits, "hit_rate": self.hit_rate,
                 "compile_seconds": self.compile_seconds,
-                "compile_seconds_per_grammar": self.compile_seconds / self.compiled if self.compiled else 0.0}
+                "compile_seconds_per_grammar": self.compile_seconds / self.compiled if self.compiled else 0.0,
+                "fills": self.fills, "filled_rows": self.filled_rows, "fill_seconds": self.fill_seconds,
+                "advance_seconds": self.advance_seconds}
 
 
 def _compile(compiler, guide: Guide):
@@ -127,7 +139,7 @@ class GrammarCache:
     def matcher(self, guide: Guide) -> "GrammarState":
         import xgrammar
 
-        return GrammarState(xgrammar.GrammarMatcher(self.compiled(guide)), list(self.info.stop_token_ids))
+        return GrammarState(xgrammar.GrammarMatcher(self.compiled(guide)), frozenset(self.info.stop_token_ids))
 
 
 @dataclass(eq=False)
@@ -135,7 +147,7 @@ class GrammarState:
     """One request's position in its grammar."""
 
     matcher: object
-    stop_token_ids: list[int] = field(default_factory=list)
+    stop_token_ids: frozenset[int] = field(default_factory=frozenset)
 
     def fill(self, bitmask: torch.Tensor, row: int) -> None:
         self.matcher.fill_next_token_bitmask(bitmask, row)
@@ -156,13 +168,16 @@ class GrammarMask:
     bitmask: torch.Tensor
 
 
-def fill_mask(states: list[GrammarState | None], vocab_size: int) -> GrammarMask | None:
+def fill_mask(states: list[GrammarState | None], vocab_size: int,
+              out: torch.Tensor | None = None) -> GrammarMask | None:
+    """The next-token bitmask of every row with a grammar state (None: an unconstrained row), written into
+    `out` (int32 [rows >= len(states), words], e.g. pinned memory the device copies from) or a new tensor."""
     rows = [row for row, state in enumerate(states) if state is not None]
     if not rows:
         return None
     import xgrammar
 
-    bitmask = xgrammar.allocate_token_bitmask(len(states), vocab_size)
+    bitmask = xgrammar.allocate_token_bitmask(len(states), vocab_size) if out is None else out[:len(states)]
     if len(rows) == 1:
         states[rows[0]].fill(bitmask, rows[0])
     else:  # xgrammar's own thread pool fills the rows in parallel (it releases the GIL)
@@ -191,3 +206,39 @@ def apply_mask(logits: torch.Tensor, mask: GrammarMask | None) -> torch.Tensor:
         return logits
     xgrammar.apply_token_bitmask_inplace(logits, bitmask, indices=mask.rows)
     return logits
+
+
+def advance(states: list[GrammarState], tokens: list[int]) -> list[bool]:
+    """Advance each grammar by its row's sampled token, in one xgrammar call for the batch. False for a row
+    that ends here: its token is a stop token (the grammar was complete), or one the grammar rejects (it
+    cannot go on); such a row's matcher is left as it was."""
+    ends = [token in state.stop_token_ids for state, token in zip(states, tokens, strict=True)]
+    going = [row for row, end in enumerate(ends) if not end]
+    if len(going) == 1:
+        row = going[0]
+        ends[row] = not states[row].accept(tokens[row])
+    elif going:
+        accepted = _batch_matcher().batch_accept_token([states[row].matcher for row in going],
+                                                       [tokens[row] for row in going])
+        for row, ok in zip(going, accepted, strict=True):
+            ends[row] = not ok
+    return [not end for end in ends]
+
+
+def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """xgrammar's int32 bitmask [rows, words] as a bool mask [rows, vocab_size] (bit j of word i is token
+    32 i + j), computed on the bitmask's device."""
+    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    bits = (bitmask.unsqueeze(-1) >> shifts) & 1
+    return bits.view(bitmask.shape[0], -1)[:, :vocab_size].bool()
+
+
+def masked_greedy(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The greedy choice of each listed row among the tokens its bitmask row allows, and its
+    log-probability under the raw distribution (as the sampler reports it): float32 [len(rows), 2].
+    `bitmask` and `rows` are on the logits' device; nothing is read back, so it queues behind the forward."""
+    raw = logits.index_select(0, rows).float()
+    allowed = unpack_bitmask(bitmask.index_select(0, rows), raw.shape[-1])
+    chosen = raw.masked_fill(~allowed, float("-inf")).argmax(dim=-1)
+    logprob = raw.gather(1, chosen[:, None])[:, 0] - raw.logsumexp(dim=-1)
+    return torch.stack((chosen.float(), logprob), dim=1)

@@ -6,6 +6,7 @@ import torch
 from engines.portable.attention import AttentionMetadata, GpuAttentionMetadata
 from engines.portable.config import EngineConfig
 from engines.portable.cuda_graphs import DecodeGraphs, Launch
+from engines.portable.grammar import GrammarMask
 from engines.portable.model import CausalLM
 from engines.portable.sequence import Sequence
 
@@ -71,11 +72,13 @@ class ModelRunner:
         """Whether a decode step of `seqs` fits a captured graph."""
         return self.graphs is not None and self.graphs.fits(len(seqs), max(len(seq.block_table) for seq in seqs))
 
-    def launch_decode(self, seqs: list[Sequence], source_rows: list[int] | None = None) -> Launch:
+    def launch_decode(self, seqs: list[Sequence], source_rows: list[int] | None = None,
+                      finish: bool = True) -> Launch:
         """Starts a graph decode step at each sequence's next position; returns without waiting.
 
         Input tokens come from the sequences, or for rows with `source_rows[i] >= 0` from that row of
-        the previous launch's greedy choice, still on the device."""
+        the previous launch's greedy choice, still on the device. Without `finish`, the caller calls
+        `finish` (with the grammar rows' mask) before reading the launch or launching again."""
         block_size = self.config.block_size
         positions = [seq.num_computed_tokens for seq in seqs]
         slots = [seq.block_table[p // block_size] * block_size + p % block_size
@@ -85,7 +88,14 @@ class ModelRunner:
         else:
             input_ids = [0] * len(seqs)  # every row reads the device
         return self.graphs.launch(input_ids, positions, slots, [seq.block_table for seq in seqs], source_rows,
-                                  None if self.model.lora is None else [seq.lora_slot for seq in seqs])
+                                  None if self.model.lora is None else [seq.lora_slot for seq in seqs], finish)
+
+    def finish(self, launch: Launch, mask: GrammarMask | None = None) -> None:
+        self.graphs.finish(launch, mask)
+
+    def grammar_bitmask(self, launch: Launch) -> torch.Tensor | None:
+        """Where to fill the bitmask of `launch`'s grammar rows: pinned memory the device copies from."""
+        return self.graphs.host_bitmask(launch, self.model.config.vocab_size)
 
     def greedy(self, launch: Launch) -> tuple[list[int], list[float]]:
         return self.graphs.greedy(launch)

@@ -115,8 +115,15 @@ def argmax_is_next(seq: Sequence, pending: int = 0) -> bool:
     """Whether the argmax of the raw logits is this sequence's next token, with `pending` tokens of it
     not appended yet: greedy, no penalties or bias, no grammar, min_length reached (so nothing is masked),
     one sequence (beams choose among several), and no logits rows to hand back."""
+    return seq.grammar is None and masked_argmax_is_next(seq, pending)
+
+
+def masked_argmax_is_next(seq: Sequence, pending: int = 0) -> bool:
+    """As `argmax_is_next`, but the argmax may be taken after the sequence's grammar masks the logits:
+    what a pipelined decode step computes on the device (the grammar's bitmask filled on the host while
+    the forward runs)."""
     p = seq.params
-    return (seq.grammar is None and p.greedy and p.repetition_penalty == 1.0 and p.presence_penalty == 0
+    return (p.greedy and p.repetition_penalty == 1.0 and p.presence_penalty == 0
             and p.frequency_penalty == 0 and seq.num_output_tokens + pending >= p.min_length
             and not p.logit_bias and not p.beam_search and not p.return_generation_logits)
 

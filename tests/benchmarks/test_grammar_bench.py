@@ -15,4 +15,6 @@ def test_grammar_bench_records_ratio_compile_time_and_hits(tmp_path):
     assert case["unconstrained"]["min_tokens"] == case["constrained_warm_cache"]["min_tokens"] == 6
     assert case["grammar"]["compiled"] == 2 and case["grammar"]["cache_hits"] == 4
     assert 0 < case["ratio_warm"] and case["grammar"]["compile_seconds_per_grammar"] > 0
+    warm = case["constrained_warm_cache"]
+    assert warm["rows_per_fill"] == 3 and warm["host_fill_ms_per_step"] > 0 and warm["host_advance_ms_per_step"] > 0
     assert "| T=1.0 |" in (tmp_path / "grammar_test.md").read_text()

@@ -1,10 +1,22 @@
 """A mixed set of requests for comparing pipelined decoding with step-by-step decoding, and a driver
 that records what a client would see. Shared by the CPU test (eager launches) and the GPU test (CUDA
-graphs)."""
+graphs). `EagerLaunches` gives a CPU engine the CUDA-graph runner's launch API."""
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import jsonschema
+import pytest
+import torch
+
 from engines.portable.engine import LLMEngine
+from engines.portable.grammar import Guide, masked_greedy
+from engines.portable.model_runner import ModelRunner
 from engines.portable.sampling import SamplingParams
+from tests.portable.conftest import prompt_of
 
 
 def mixed_requests(prompts: list[list[int]], greedy_outputs: list[list[int]], new_tokens: list[int]
@@ -24,6 +36,28 @@ def mixed_requests(prompts: list[list[int]], greedy_outputs: list[list[int]], ne
             params.temperature, params.seed = 0.8, 7  # sampled on the host: no pipelining while it runs
         requests[f"r{index}"] = (prompt, params)
     requests["late"] = (prompts[0], SamplingParams(max_new_tokens=30, temperature=0.0, return_logprobs=True))
+    return requests
+
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99},
+                                           "tag": {"enum": ["a", "b"]},
+                                           "word": {"type": "string", "pattern": "^[a-z]{2,6}$"}},
+          "required": ["n", "tag", "word"], "additionalProperties": False}
+REGEX = r"(yes|no)-[0-9]{3}"
+
+
+def grammar_requests(eos: int) -> dict[str, tuple[list[int], SamplingParams]]:
+    """Greedy rows under a JSON schema and a short regex (they end while the next step is in flight),
+    unconstrained neighbours, an aborted grammar row, and a sampled grammar row."""
+    schema, regex = Guide("json_schema", json.dumps(SCHEMA)), Guide("regex", REGEX)
+    kinds = {"json0": schema, "free1": None, "regex2": regex, "json3": schema, "free4": None, "regex5": regex,
+             "json6": schema, "aborted": schema}
+    requests = {rid: (prompt_of(6 + 3 * index, seed=90 + index),
+                      SamplingParams(max_new_tokens=48, temperature=0.0, end_id=eos, guide=guide, return_logprobs=True))
+                for index, (rid, guide) in enumerate(kinds.items())}
+    # sampled under a grammar: the batch goes step by step while it runs (it ends within a few steps)
+    requests["sampled"] = (prompt_of(9, seed=80), SamplingParams(max_new_tokens=12, temperature=1.0, seed=3,
+                                                                 end_id=eos, guide=regex, return_logprobs=True))
     return requests
 
 
@@ -62,3 +96,86 @@ def assert_same_for_clients(pipelined: dict[str, dict], stepwise: dict[str, dict
         for a, b in zip(got["logprobs"], expected["logprobs"], strict=True):
             assert abs(a - b) < 1e-4, rid
     assert pipelined["r1"]["reason"] == "stop" and pipelined["r2"]["reason"] == "stop"
+
+
+def assert_grammar_rows_match(pipelined: dict[str, dict], stepwise: dict[str, dict], tokenizer) -> None:
+    """Token for token the same as step by step (the abort lands later or sooner), grammar outputs valid."""
+    assert pipelined.keys() == stepwise.keys()
+    for rid, got in pipelined.items():
+        want = stepwise[rid]
+        if rid == "aborted":  # the abort lands after a different number of tokens
+            assert got["reason"] == want["reason"] == "abort"
+            shorter = min(len(got["tokens"]), len(want["tokens"]))
+            assert got["tokens"][:shorter] == want["tokens"][:shorter]
+            continue
+        assert got["tokens"] == want["tokens"], rid
+        assert got["reason"] == want["reason"], rid
+        assert got["logprobs"] == pytest.approx(want["logprobs"], abs=1e-4), rid
+        text = tokenizer.decode(got["tokens"])
+        if rid.startswith("json"):
+            assert got["reason"] == "stop", rid
+            jsonschema.validate(json.loads(text), SCHEMA)
+        elif rid.startswith(("regex", "sampled")):
+            assert got["reason"] == "stop" and re.fullmatch(REGEX, text), (rid, text)
+
+
+@dataclass
+class EagerLaunch:
+    tokens: list[int]
+    logprobs: list[float]
+    logits: torch.Tensor
+    event: object = None  # set once finished, as on the GPU
+
+
+class EagerLaunches:
+    """The CUDA-graph runner's launch API over a CPU ModelRunner: a launch runs its forward at once and
+    keeps its greedy choice; `finish` replaces the grammar rows' choice with the masked one (the same
+    device code as the GPU's), before any later launch reads it."""
+
+    def __init__(self, runner):
+        self.runner, self.last, self.launches, self.from_device, self.masked = runner, None, 0, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    graph_decode = ModelRunner.graph_decode  # the runner's own rule, over this can_launch
+
+    def can_launch(self, seqs) -> bool:
+        return True
+
+    def launch_decode(self, seqs, source_rows=None, finish=True) -> EagerLaunch:
+        rows = []
+        for index, seq in enumerate(seqs):
+            if source_rows is None:
+                token_ids = seq.token_ids
+            else:  # the input token is the previous launch's choice, not appended to the sequence yet
+                assert len(seq.token_ids) == seq.num_computed_tokens
+                token_ids = [*seq.token_ids, self.last.tokens[source_rows[index]]]
+                self.from_device += 1
+            rows.append((SimpleNamespace(token_ids=token_ids, num_computed_tokens=seq.num_computed_tokens,
+                                         block_table=seq.block_table), 1))
+        logits = self.runner.run(rows, list(range(len(rows))))
+        chosen = logits.argmax(dim=-1)
+        logprobs = logits.log_softmax(dim=-1).gather(1, chosen[:, None])[:, 0]
+        self.last = EagerLaunch(chosen.tolist(), logprobs.tolist(), logits)
+        self.launches += 1
+        if finish:
+            self.finish(self.last)
+        return self.last
+
+    def grammar_bitmask(self, launch):
+        return None  # a fresh bitmask: no pinned memory to copy from on the CPU
+
+    def finish(self, launch: EagerLaunch, mask=None) -> None:
+        assert launch.event is None, "a launch is finished once"
+        if mask is not None:
+            rows = torch.tensor(mask.rows)
+            chosen = masked_greedy(launch.logits, mask.bitmask, rows)
+            for row, (token, logprob) in zip(mask.rows, chosen.tolist(), strict=True):
+                launch.tokens[row], launch.logprobs[row] = int(token), logprob
+            self.masked += len(mask.rows)
+        launch.event = True
+
+    def greedy(self, launch: EagerLaunch):
+        assert launch.event is not None, "read before it was finished"
+        return launch.tokens, launch.logprobs

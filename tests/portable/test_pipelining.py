@@ -8,59 +8,13 @@ choice, and a later launch's rows may take their input token from it, as on the 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from types import SimpleNamespace
-
 import torch
 
-from engines.portable.model_runner import ModelRunner
 from engines.portable.sampling import SamplingParams
 from tests.portable.conftest import prompt_of
-from tests.portable.pipelining import assert_same_for_clients, mixed_requests, run_all
+from tests.portable.pipelining import EagerLaunches, assert_same_for_clients, mixed_requests, run_all
 
 LENGTHS = [(3, 48), (10, 30), (60, 20), (17, 41), (33, 12), (5, 36), (48, 25), (24, 24)]
-
-
-@dataclass
-class EagerLaunch:
-    tokens: list[int]
-    logprobs: list[float]
-
-
-class EagerLaunches:
-    """The CUDA-graph runner's launch API over a CPU ModelRunner."""
-
-    def __init__(self, runner):
-        self.runner, self.last, self.launches, self.from_device = runner, None, 0, 0
-
-    def __getattr__(self, name):
-        return getattr(self.runner, name)
-
-    graph_decode = ModelRunner.graph_decode  # the runner's own rule, over this can_launch
-
-    def can_launch(self, seqs) -> bool:
-        return True
-
-    def launch_decode(self, seqs, source_rows=None) -> EagerLaunch:
-        rows = []
-        for index, seq in enumerate(seqs):
-            if source_rows is None:
-                token_ids = seq.token_ids
-            else:  # the input token is the previous launch's choice, not appended to the sequence yet
-                assert len(seq.token_ids) == seq.num_computed_tokens
-                token_ids = [*seq.token_ids, self.last.tokens[source_rows[index]]]
-                self.from_device += 1
-            rows.append((SimpleNamespace(token_ids=token_ids, num_computed_tokens=seq.num_computed_tokens,
-                                         block_table=seq.block_table), 1))
-        logits = self.runner.run(rows, list(range(len(rows))))
-        chosen = logits.argmax(dim=-1)
-        logprobs = logits.log_softmax(dim=-1).gather(1, chosen[:, None])[:, 0]
-        self.last = EagerLaunch(chosen.tolist(), logprobs.tolist())
-        self.launches += 1
-        return self.last
-
-    def greedy(self, launch: EagerLaunch):
-        return launch.tokens, launch.logprobs
 
 
 def test_pipelined_decoding_matches_step_by_step(make_engine):

@@ -1,5 +1,6 @@
 """Constrained decoding on a CUDA GPU: the mask applies to the logits after the CUDA-graph forward, greedy
-grammar requests leave the pipelined decode, and unconstrained neighbours in the batch are unchanged."""
+grammar rows stay in the pipelined decode (masked on the device) with the same tokens as step by step, and
+unconstrained neighbours in the batch are unchanged."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ from engines.portable.config import EngineConfig
 from engines.portable.engine import LLMEngine
 from engines.portable.grammar import Guide
 from engines.portable.sampling import SamplingParams
+from tests.portable.pipelining import assert_grammar_rows_match, grammar_requests, run_all
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason=f"needs a CUDA GPU: {kernels.unavailable_reason()}")
 
@@ -44,3 +46,30 @@ def test_grammar_rows_validate_and_free_rows_are_unchanged(demo_checkpoints, tem
     # Unconstrained rows are not masked: the same tokens as in an all-free batch while the batches still
     # hold the same rows (later, grammar rows end early and the batch shapes differ).
     assert [tokens[:4] for tokens in mixed[1::2]] == [tokens[:4] for tokens in free[1::2]]
+
+
+def test_pipelined_grammar_rows_stay_valid_and_match_step_by_step(demo_checkpoints):
+    """Greedy grammar rows in pipelined CUDA-graph launches (bitmask filled on the host while the forward
+    runs, masked argmax on the device, fed to the next launch): token for token what step-by-step decoding
+    gives, every output valid, every block back (tests/portable/test_grammar_pipelining.py: the same on CPU)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    tokenizer = AutoTokenizer.from_pretrained(str(demo_checkpoints["llama"]))
+    engines = {flag: LLMEngine.from_checkpoint(demo_checkpoints["llama"], EngineConfig(
+        device="cuda", dtype="float32", pipeline_decode=flag, max_num_seqs=16, kv_cache_memory_bytes=64 << 20))
+        for flag in (True, False)}
+    assert engines[True].pipelined and not engines[False].pipelined
+    runner, masked = engines[True].runner, []
+    finish = runner.finish
+
+    def counting_finish(launch, mask=None):
+        masked.append(0 if mask is None else len(mask.rows))
+        finish(launch, mask)
+
+    runner.finish = counting_finish
+    requests = grammar_requests(tokenizer.eos_token_id)
+    results = {flag: run_all(engine, requests, {"aborted": 9}) for flag, engine in engines.items()}
+    assert_grammar_rows_match(results[True], results[False], tokenizer)
+    assert sum(masked) >= 40, masked  # grammar rows went through pipelined launches
+    for engine in engines.values():
+        assert engine.num_free_blocks == engine.num_total_blocks
+        assert not engine.has_unfinished()
