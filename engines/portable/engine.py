@@ -18,7 +18,6 @@ and takes the argmax before the launch's choices are copied back (and fed to the
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 from engines.portable.block_manager import BlockManager
 from engines.portable.config import EngineConfig, ModelConfig
 from engines.portable.cuda_graphs import Launch
-from engines.portable.grammar import GrammarCache, GrammarMask, advance, fill_mask
+from engines.portable.grammar_steps import GrammarSteps
 from engines.portable.loader import load_weights, torch_dtype
 from engines.portable.lora import LoraRegistry
 from engines.portable.model import CausalLM
@@ -50,7 +49,7 @@ class _InFlight:
     launch: Launch
 
 
-class LLMEngine(BeamSteps):
+class LLMEngine(BeamSteps, GrammarSteps):
     def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, weights: dict):
         self.model_config, self.config = model_config, engine_config
         max_model_len = engine_config.max_model_len or model_config.max_position_embeddings
@@ -68,7 +67,7 @@ class LLMEngine(BeamSteps):
         self._in_flight: _InFlight | None = None
         self.pipelined = engine_config.pipeline_decode and self.runner.graphs is not None
         self.tokenizer_dir: Path | None = None  # where guided decoding finds the tokenizer
-        self._grammars: GrammarCache | None = None
+        self._grammars = None  # GrammarSteps.grammars makes it on the first guided request
         self._grammar_lock = threading.Lock()
         self._matchers: dict[str, object] = {}  # request id -> its grammar state, until the request is queued
         self.loras: LoraRegistry | None = None
@@ -130,15 +129,6 @@ class LLMEngine(BeamSteps):
         if self.loras is None:
             raise ValueError(f"LoRA adapter {name!r} asked for, but this engine serves no adapters (max_loras=0)")
         return self.loras.get(name)
-
-    def grammars(self, end_id: int | None = None) -> GrammarCache:
-        """The compiled-grammar cache, made on the first guided request (it loads the tokenizer)."""
-        with self._grammar_lock:
-            if self._grammars is None:
-                if self.tokenizer_dir is None:
-                    raise ValueError("guided decoding needs the model's tokenizer; this engine was built without one")
-                self._grammars = GrammarCache(self.tokenizer_dir, self.model_config.vocab_size, end_id)
-            return self._grammars
 
     def abort(self, request_id: str) -> None:
         with self._lock:
@@ -325,22 +315,6 @@ class LLMEngine(BeamSteps):
             seq.num_computed_tokens += 1
         self._in_flight = _InFlight(seqs, launch)
 
-    def _finish(self, in_flight: _InFlight) -> None:
-        """Fill the bitmask of the launch's grammar rows (host work while its forward runs) and queue
-        their masked choice; rows that ended since the launch are left out (their step is dropped)."""
-        states = [seq.grammar if seq.status is Status.RUNNING else None for seq in in_flight.seqs]
-        self.runner.finish(in_flight.launch, self._fill_mask(states, self.runner.grammar_bitmask(in_flight.launch)))
-
-    def _fill_mask(self, states: list, out: torch.Tensor | None = None) -> GrammarMask | None:
-        if all(state is None for state in states):
-            return None
-        started = time.perf_counter()
-        mask = fill_mask(states, self.model_config.vocab_size, out)
-        stats = self._grammars.stats
-        stats.fills, stats.filled_rows = stats.fills + 1, stats.filled_rows + len(mask.rows)
-        stats.fill_seconds += time.perf_counter() - started
-        return mask
-
     def _launch_ahead(self, in_flight: _InFlight) -> None:
         """Launch the decode after the one in flight, if every running sequence is in it and will
         still run after its token (not at its length limit), and blocks are free without preempting."""
@@ -378,19 +352,6 @@ class LLMEngine(BeamSteps):
         if self._in_flight is not None and self._in_flight.launch.event is None:
             self._finish(self._in_flight)  # the next launch's grammar rows, now that their matchers moved on
         return outputs
-
-    def _advance_grammars(self, seqs: list[Sequence], tokens: list[int]) -> list[bool]:
-        """Whether each sequence's grammar goes on after its token (True without a grammar), all advanced
-        in one batched call."""
-        going = [True] * len(seqs)
-        rows = [row for row, seq in enumerate(seqs) if seq.grammar is not None]
-        if rows:
-            started = time.perf_counter()
-            for row, on in zip(rows, advance([seqs[r].grammar for r in rows], [tokens[r] for r in rows]),
-                               strict=True):
-                going[row] = on
-            self._grammars.stats.advance_seconds += time.perf_counter() - started
-        return going
 
     def _append(self, seq: Sequence, token: int, logprob: float, grammar_goes_on: bool = True) -> list[StepOutput]:
         params = seq.params
