@@ -11,20 +11,21 @@ memory behind an event. A row's input token can be taken from the previous launc
 the device (`source_rows`), so the engine can launch the next step before it has read this one's
 tokens. Host buffers alternate between two launches, which is how far ahead the engine runs.
 
-A launch is finished (its choices copied back behind an event) either at once, or, when some of its rows
-decode under a grammar, after the host has filled their bitmask while the forward runs: `finish` then
-masks those rows' logits on the device and replaces their greedy choice before the copy, so a later
-launch that takes its input tokens from this one reads the constrained choice.
+A launch is finished (its choices copied back behind an event) either at once, or, when some rows choose
+otherwise than by the plain argmax (sampling, penalties, a grammar), once the host has appended the tokens
+before it: `finish` then queues their choice on the device (for a grammar row, after its bitmask was
+filled while the forward ran) in place of the greedy one before the copy, so a later launch that takes
+its input tokens from this one reads that choice.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from engines.portable.attention import AttentionMetadata, GpuAttentionMetadata
-from engines.portable.grammar import GrammarMask, masked_greedy
 from engines.portable.model import CausalLM
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
@@ -153,14 +154,18 @@ class DecodeGraphs:
         return self.bitmasks[launch.buffer]
 
     @torch.inference_mode()
-    def finish(self, launch: Launch, mask: GrammarMask | None = None) -> None:
-        """Queue the copy of the launch's choices to the host, behind an event; the rows of `mask` first
-        take the greedy choice among the tokens their grammar allows (their bitmask is in pinned memory)."""
-        batch, device = launch.batch, self.sampled.device
-        if mask is not None:
-            rows = torch.tensor(mask.rows, dtype=torch.long).to(device, non_blocking=True)
-            bitmask = mask.bitmask[:batch].to(device, non_blocking=True)
-            self.sampled[rows] = masked_greedy(self.logits[launch.bucket][:batch], bitmask, rows)
+    def finish(self, launch: Launch, rows: list[int] | None = None,
+               choose: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Queue the copy of the launch's choices to the host, behind an event; the listed rows first take
+        `choose(their logits)` (float32 [rows, 2]: token id, log-probability) in place of the greedy choice."""
+        batch = launch.batch
+        if rows:
+            logits = self.logits[launch.bucket][:batch]
+            if len(rows) == batch:
+                self.sampled[:batch] = choose(logits)
+            else:
+                index = torch.tensor(rows, dtype=torch.long).to(logits.device, non_blocking=True)
+                self.sampled[index] = choose(logits.index_select(0, index))
         self.results[launch.buffer][:batch].copy_(self.sampled[:batch], non_blocking=True)
         launch.event = torch.cuda.Event()
         launch.event.record()

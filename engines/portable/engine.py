@@ -3,17 +3,18 @@
 `add_request` and `abort` may be called from any thread: they go through an inbox that `step()`
 drains. `step()` itself is called from one thread (Triton's model loop, or `generate`).
 
-Pipelined decoding: when every running sequence decodes greedily through a CUDA graph, a step launches
-the next decode before it reads the tokens of the one in flight, taking the next input tokens from the
-GPU. The host's bookkeeping (appending tokens, stop checks, scheduling, filling inputs) then overlaps
-the GPU's work instead of leaving it idle. A sequence that stops on the token being read has had one
-more step computed for it, which is dropped; its blocks are freed behind that step on the same stream.
-Anything else (prefills, sampling, penalties, new requests that can be admitted) runs step by step.
+Pipelined decoding: when every running sequence decodes through a CUDA graph, a step launches the next
+decode before it reads the tokens of the one in flight, taking the next input tokens from the GPU. The
+host's bookkeeping (appending tokens, stop checks, scheduling, filling inputs) then overlaps the GPU's
+work instead of leaving it idle. A sequence that stops on the token being read has had one more step
+computed for it, which is dropped; its blocks are freed behind that step on the same stream. Anything
+else (prefills, beams, logits rows handed back, new requests that can be admitted) runs step by step.
 
-Greedy rows under a grammar pipeline too: their choice is the argmax of the logits masked by their
-grammar, so a launch holding such rows is finished only once their matchers have accepted the tokens
-being read: the host then fills their bitmask while the forward runs, and the device masks the logits
-and takes the argmax before the launch's choices are copied back (and fed to the next launch).
+Greedy rows take the argmax the graph computes. Other rows (sampled, penalised, biased, under min_length
+or a grammar) need the tokens before the step: a launch holding them is finished once the tokens being
+read are appended and their grammars advanced; the host then fills the grammar rows' bitmask while the
+forward runs, and queues the sampler on the device (`choose`, the code `sample` runs) behind the forward,
+before the launch's choices are copied back and fed to the next launch.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from engines.portable.model_runner import ModelRunner
 from engines.portable.beam_steps import BeamSteps
 from engines.portable.outputs import RequestOutput, StepOutput
 from engines.portable.request_group import RequestGroup, make_generator
-from engines.portable.sampler import masked_argmax_is_next, sample
+from engines.portable.sampler import argmax_is_next, choose, chosen_on_device, sample
 from engines.portable.sampling import SamplingParams
 from engines.portable.scheduler import Scheduler
 from engines.portable.sequence import Sequence, Status
@@ -206,9 +207,9 @@ class LLMEngine(BeamSteps, GrammarSteps):
                       if seq.num_computed_tokens + count == seq.num_tokens]
         if self.pipelined and self.runner.graph_decode(scheduled, completing):
             seqs = [seq for seq, _ in scheduled]
-            if all(masked_argmax_is_next(seq) for seq in seqs):
-                self._launch(seqs, None)
-                if self._in_flight.launch.event is None:  # grammar rows: their matchers are up to date
+            if all(chosen_on_device(seq) for seq in seqs):
+                self._launch(seqs, None, pending=0)
+                if self._in_flight.launch.event is None:  # every token before this step is appended
                     self._finish(self._in_flight)
                 return outputs
         # The forward runs even when nobody samples: a step of prefill chunks alone fills the KV cache.
@@ -307,13 +308,33 @@ class LLMEngine(BeamSteps, GrammarSteps):
 
     # ---- pipelined greedy decoding (CUDA graphs)
 
-    def _launch(self, seqs: list[Sequence], source_rows: list[int] | None) -> None:
-        """Launch a decode of `seqs`; one with grammar rows is left to `_finish`."""
-        constrained = any(seq.grammar is not None for seq in seqs)
-        launch = self.runner.launch_decode(seqs, source_rows, finish=not constrained)
+    def _launch(self, seqs: list[Sequence], source_rows: list[int] | None, pending: int) -> None:
+        """Launch a decode of `seqs` (`pending` tokens of each not appended yet); unless every row takes
+        the plain argmax, the launch is left to `_finish`."""
+        greedy = all(argmax_is_next(seq, pending) for seq in seqs)
+        launch = self.runner.launch_decode(seqs, source_rows, finish=greedy)
         for seq in seqs:
             seq.num_computed_tokens += 1
         self._in_flight = _InFlight(seqs, launch)
+
+    def _finish(self, in_flight: _InFlight) -> None:
+        """Queue the launch's choices back to the host. Rows that do not take the plain argmax are chosen
+        on the device by the sampler, now that every token before this step is appended; a grammar row's
+        bitmask is filled here, while the forward runs. Rows that ended since the launch keep the argmax
+        (their step is dropped)."""
+        rows = [row for row, seq in enumerate(in_flight.seqs)
+                if seq.status is Status.RUNNING and not argmax_is_next(seq)]
+        if not rows:
+            self.runner.finish(in_flight.launch)
+            return
+        seqs = [in_flight.seqs[row] for row in rows]
+        mask = self._fill_mask([seq.grammar for seq in seqs], self.runner.grammar_bitmask(in_flight.launch))
+
+        def chosen(logits: torch.Tensor) -> torch.Tensor:
+            tokens, logprobs = choose(logits, seqs, mask)
+            return torch.stack((tokens.float(), logprobs.float()), dim=1)
+
+        self.runner.finish(in_flight.launch, rows, chosen)
 
     def _launch_ahead(self, in_flight: _InFlight) -> None:
         """Launch the decode after the one in flight, if every running sequence is in it and will
@@ -326,7 +347,7 @@ class LLMEngine(BeamSteps, GrammarSteps):
         rows = {id(seq): row for row, seq in enumerate(in_flight.seqs)}
         following = [seq for seq in running if seq.num_output_tokens + 1 < seq.params.max_new_tokens
                      and seq.num_tokens + 1 < self.max_model_len]
-        if not following or not all(masked_argmax_is_next(seq, 1) for seq in following):
+        if not following or not all(chosen_on_device(seq) for seq in following):
             return
         if sum(self.blocks.blocks_needed(seq, 1) for seq in following) > self.blocks.num_free_blocks:
             return
@@ -334,7 +355,7 @@ class LLMEngine(BeamSteps, GrammarSteps):
             self.blocks.allocate(seq, 1)
         if not self.runner.can_launch(following):
             return
-        self._launch(following, [rows[id(seq)] for seq in following])
+        self._launch(following, [rows[id(seq)] for seq in following], pending=1)
 
     def _read_in_flight(self) -> list[StepOutput]:
         in_flight, self._in_flight = self._in_flight, None
@@ -350,7 +371,7 @@ class LLMEngine(BeamSteps, GrammarSteps):
             if seq.status is not Status.FINISHED:
                 self.blocks.register_full_blocks(seq)
         if self._in_flight is not None and self._in_flight.launch.event is None:
-            self._finish(self._in_flight)  # the next launch's grammar rows, now that their matchers moved on
+            self._finish(self._in_flight)  # the next launch's sampled and grammar rows, now that tokens are in
         return outputs
 
     def _append(self, seq: Sequence, token: int, logprob: float, grammar_goes_on: bool = True) -> list[StepOutput]:

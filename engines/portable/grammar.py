@@ -224,21 +224,3 @@ def advance(states: list[GrammarState], tokens: list[int]) -> list[bool]:
             ends[row] = not ok
     return [not end for end in ends]
 
-
-def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """xgrammar's int32 bitmask [rows, words] as a bool mask [rows, vocab_size] (bit j of word i is token
-    32 i + j), computed on the bitmask's device."""
-    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
-    bits = (bitmask.unsqueeze(-1) >> shifts) & 1
-    return bits.view(bitmask.shape[0], -1)[:, :vocab_size].bool()
-
-
-def masked_greedy(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """The greedy choice of each listed row among the tokens its bitmask row allows, and its
-    log-probability under the raw distribution (as the sampler reports it): float32 [len(rows), 2].
-    `bitmask` and `rows` are on the logits' device; nothing is read back, so it queues behind the forward."""
-    raw = logits.index_select(0, rows).float()
-    allowed = unpack_bitmask(bitmask.index_select(0, rows), raw.shape[-1])
-    chosen = raw.masked_fill(~allowed, float("-inf")).argmax(dim=-1)
-    logprob = raw.gather(1, chosen[:, None])[:, 0] - raw.logsumexp(dim=-1)
-    return torch.stack((chosen.float(), logprob), dim=1)

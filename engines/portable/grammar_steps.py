@@ -1,5 +1,5 @@
 """The engine's side of constrained decoding: the compiled-grammar cache, the bitmask of a step's grammar
-rows filled on the host while the forward runs, and the matchers advanced by the sampled tokens, each in
+rows filled on the host (while the forward runs), and the matchers advanced by the sampled tokens, each in
 one batched xgrammar call, with the host time they take counted in the cache's stats."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import torch
 
 from engines.portable.grammar import GrammarCache, GrammarMask, advance, fill_mask
-from engines.portable.sequence import Sequence, Status
+from engines.portable.sequence import Sequence
 
 
 class GrammarSteps:
@@ -26,12 +26,6 @@ class GrammarSteps:
                     raise ValueError("guided decoding needs the model's tokenizer; this engine was built without one")
                 self._grammars = GrammarCache(self.tokenizer_dir, self.model_config.vocab_size, end_id)
             return self._grammars
-
-    def _finish(self, in_flight) -> None:
-        """Fill the bitmask of the launch's grammar rows (host work while its forward runs) and queue
-        their masked choice; rows that ended since the launch are left out (their step is dropped)."""
-        states = [seq.grammar if seq.status is Status.RUNNING else None for seq in in_flight.seqs]
-        self.runner.finish(in_flight.launch, self._fill_mask(states, self.runner.grammar_bitmask(in_flight.launch)))
 
     def _fill_mask(self, states: list, out: torch.Tensor | None = None) -> GrammarMask | None:
         if all(state is None for state in states):

@@ -1,12 +1,13 @@
 """Turns a scheduled step into tensors, runs the model, and returns the logits that will be sampled."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from engines.portable.attention import AttentionMetadata, GpuAttentionMetadata
 from engines.portable.config import EngineConfig
 from engines.portable.cuda_graphs import DecodeGraphs, Launch
-from engines.portable.grammar import GrammarMask
 from engines.portable.model import CausalLM
 from engines.portable.sequence import Sequence
 
@@ -90,8 +91,10 @@ class ModelRunner:
         return self.graphs.launch(input_ids, positions, slots, [seq.block_table for seq in seqs], source_rows,
                                   None if self.model.lora is None else [seq.lora_slot for seq in seqs], finish)
 
-    def finish(self, launch: Launch, mask: GrammarMask | None = None) -> None:
-        self.graphs.finish(launch, mask)
+    def finish(self, launch: Launch, rows: list[int] | None = None,
+               choose: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Queue a launch's choices back to the host; `rows` (with `choose` over their logits) first."""
+        self.graphs.finish(launch, rows, choose)
 
     def grammar_bitmask(self, launch: Launch) -> torch.Tensor | None:
         """Where to fill the bitmask of `launch`'s grammar rows: pinned memory the device copies from."""

@@ -115,17 +115,17 @@ def argmax_is_next(seq: Sequence, pending: int = 0) -> bool:
     """Whether the argmax of the raw logits is this sequence's next token, with `pending` tokens of it
     not appended yet: greedy, no penalties or bias, no grammar, min_length reached (so nothing is masked),
     one sequence (beams choose among several), and no logits rows to hand back."""
-    return seq.grammar is None and masked_argmax_is_next(seq, pending)
-
-
-def masked_argmax_is_next(seq: Sequence, pending: int = 0) -> bool:
-    """As `argmax_is_next`, but the argmax may be taken after the sequence's grammar masks the logits:
-    what a pipelined decode step computes on the device (the grammar's bitmask filled on the host while
-    the forward runs)."""
     p = seq.params
-    return (p.greedy and p.repetition_penalty == 1.0 and p.presence_penalty == 0
+    return (seq.grammar is None and p.greedy and p.repetition_penalty == 1.0 and p.presence_penalty == 0
             and p.frequency_penalty == 0 and seq.num_output_tokens + pending >= p.min_length
             and not p.logit_bias and not p.beam_search and not p.return_generation_logits)
+
+
+def chosen_on_device(seq: Sequence) -> bool:
+    """Whether this sequence's next token can be chosen by `choose` behind a pipelined launch, once its
+    previous token is appended: anything but a beam (chosen among several) or a request that wants its
+    logits rows back."""
+    return not seq.params.beam_search and not seq.params.return_generation_logits
 
 
 @torch.inference_mode()  # the masks write into the logits, which may be a CUDA graph's (inference) output
@@ -139,6 +139,16 @@ def sample(logits: torch.Tensor, seqs: list[Sequence],
         logprob = logits.gather(1, chosen[:, None])[:, 0] - logits.logsumexp(dim=-1)
         both = torch.stack((chosen.double(), logprob.double())).cpu()
         return both[0].long().tolist(), both[1].tolist()
+    chosen, token_logprobs = choose(logits, seqs, grammar_mask)
+    return chosen.tolist(), token_logprobs.tolist()
+
+
+@torch.inference_mode()
+def choose(logits: torch.Tensor, seqs: list[Sequence],
+           grammar_mask: GrammarMask | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample` on the device: each row's next token (long) and its raw log-probability, nothing read
+    back, so a pipelined launch can queue it behind its forward. Penalties, min_length and the grammar
+    see each sequence as it is now: every token before this step appended."""
     logprobs = logits.log_softmax(dim=-1)
     logits = apply_mask(apply_min_length(apply_penalties(apply_logit_bias(logits, seqs), seqs), seqs), grammar_mask)
     chosen = logits.argmax(dim=-1)
@@ -153,5 +163,4 @@ def sample(logits: torch.Tensor, seqs: list[Sequence],
         probs = filtered.softmax(dim=-1)
         noise = _exponential_noise(subset, tuple(probs.shape), logits.device)
         chosen[rows] = (probs / noise).argmax(dim=-1)
-    token_logprobs = logprobs.gather(1, chosen[:, None])[:, 0]
-    return chosen.tolist(), token_logprobs.tolist()
+    return chosen, logprobs.gather(1, chosen[:, None])[:, 0]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from engines.portable.engine import LLMEngine
-from engines.portable.grammar import Guide, masked_greedy
+from engines.portable.grammar import Guide
 from engines.portable.model_runner import ModelRunner
 from engines.portable.sampling import SamplingParams
 from tests.portable.conftest import prompt_of
@@ -22,7 +22,7 @@ from tests.portable.conftest import prompt_of
 def mixed_requests(prompts: list[list[int]], greedy_outputs: list[list[int]], new_tokens: list[int]
                    ) -> dict[str, tuple[list[int], SamplingParams]]:
     """Stops on an end id mid-way, on a stop sequence, an end id held back by min_length, a sampled
-    request, plain greedy ones, and a late prompt that repeats the first (prefix reuse)."""
+    request, plain greedy ones, a late prompt that repeats the first (prefix reuse), penalties and a bias."""
     requests = {}
     for index, (prompt, output, new) in enumerate(zip(prompts, greedy_outputs, new_tokens, strict=True)):
         params = SamplingParams(max_new_tokens=new, temperature=0.0, return_logprobs=True)
@@ -33,9 +33,15 @@ def mixed_requests(prompts: list[list[int]], greedy_outputs: list[list[int]], ne
         elif index == 3:
             params.end_id, params.min_length = output[2], 9
         elif index == 4:
-            params.temperature, params.seed = 0.8, 7  # sampled on the host: no pipelining while it runs
+            params.temperature, params.seed = 0.8, 7  # sampled: chosen on the device behind the launch
         requests[f"r{index}"] = (prompt, params)
     requests["late"] = (prompts[0], SamplingParams(max_new_tokens=30, temperature=0.0, return_logprobs=True))
+    # penalties and a bias: chosen on the device, over the tokens appended before each step
+    requests["penalised"] = (prompts[1], SamplingParams(max_new_tokens=25, temperature=0.0, repetition_penalty=1.3,
+                                                        frequency_penalty=0.5, presence_penalty=0.2,
+                                                        return_logprobs=True))
+    requests["biased"] = (prompts[2], SamplingParams(max_new_tokens=25, temperature=0.9, seed=11,
+                                                     logit_bias={5: 3.0, 7: -100.0}, return_logprobs=True))
     return requests
 
 
@@ -55,7 +61,7 @@ def grammar_requests(eos: int) -> dict[str, tuple[list[int], SamplingParams]]:
     requests = {rid: (prompt_of(6 + 3 * index, seed=90 + index),
                       SamplingParams(max_new_tokens=48, temperature=0.0, end_id=eos, guide=guide, return_logprobs=True))
                 for index, (rid, guide) in enumerate(kinds.items())}
-    # sampled under a grammar: the batch goes step by step while it runs (it ends within a few steps)
+    # sampled under a grammar, with its own seed: chosen on the device too
     requests["sampled"] = (prompt_of(9, seed=80), SamplingParams(max_new_tokens=12, temperature=1.0, seed=3,
                                                                  end_id=eos, guide=regex, return_logprobs=True))
     return requests
@@ -129,11 +135,11 @@ class EagerLaunch:
 
 class EagerLaunches:
     """The CUDA-graph runner's launch API over a CPU ModelRunner: a launch runs its forward at once and
-    keeps its greedy choice; `finish` replaces the grammar rows' choice with the masked one (the same
-    device code as the GPU's), before any later launch reads it."""
+    keeps its greedy choice; `finish` replaces the listed rows' choice with the sampler's (the engine's
+    `choose`, as on the GPU), before any later launch reads it. `chosen` counts those rows."""
 
     def __init__(self, runner):
-        self.runner, self.last, self.launches, self.from_device, self.masked = runner, None, 0, 0, 0
+        self.runner, self.last, self.launches, self.from_device, self.chosen = runner, None, 0, 0, 0
 
     def __getattr__(self, name):
         return getattr(self.runner, name)
@@ -166,14 +172,13 @@ class EagerLaunches:
     def grammar_bitmask(self, launch):
         return None  # a fresh bitmask: no pinned memory to copy from on the CPU
 
-    def finish(self, launch: EagerLaunch, mask=None) -> None:
+    def finish(self, launch: EagerLaunch, rows=None, choose=None) -> None:
         assert launch.event is None, "a launch is finished once"
-        if mask is not None:
-            rows = torch.tensor(mask.rows)
-            chosen = masked_greedy(launch.logits, mask.bitmask, rows)
-            for row, (token, logprob) in zip(mask.rows, chosen.tolist(), strict=True):
+        if rows:
+            chosen = choose(launch.logits[torch.tensor(rows)])
+            for row, (token, logprob) in zip(rows, chosen.tolist(), strict=True):
                 launch.tokens[row], launch.logprobs[row] = int(token), logprob
-            self.masked += len(mask.rows)
+            self.chosen += len(rows)
         launch.event = True
 
     def greedy(self, launch: EagerLaunch):

@@ -6,10 +6,9 @@ import re
 
 import jsonschema
 import pytest
-import torch
 from transformers import AutoTokenizer
 
-from engines.portable.grammar import Guide, advance, apply_mask, fill_mask, masked_greedy, unpack_bitmask
+from engines.portable.grammar import Guide, advance
 from engines.portable.sampler import argmax_is_next
 from engines.portable.sampling import SamplingParams
 from engines.portable.sequence import Sequence
@@ -108,27 +107,6 @@ def test_grammar_requests_leave_the_greedy_fast_path():
     assert argmax_is_next(seq)
     seq.grammar = object()
     assert not argmax_is_next(seq)
-
-
-def test_device_masked_greedy_agrees_with_xgrammars_mask(make_engine, tokenizer):
-    """The pipelined decode's mask (bitmask unpacked by torch, argmax, raw logprob) against xgrammar's own
-    kernel applied to the same logits; the bitmask may be filled into a larger preallocated buffer."""
-    engine = make_engine("llama")
-    vocab = engine.model_config.vocab_size
-    grammars = engine.grammars(tokenizer.eos_token_id)
-    states = [grammars.matcher(Guide("regex", r"(yes|no)-[0-9]{3}")), None, grammars.matcher(Guide("json"))]
-    buffer = torch.zeros(8, -(-vocab // 32), dtype=torch.int32)
-    mask = fill_mask(states, vocab, buffer)
-    assert mask.rows == [0, 2] and mask.bitmask.data_ptr() == buffer.data_ptr()
-    logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(0))
-    reference = apply_mask(logits.clone(), fill_mask(states, vocab))
-    allowed = unpack_bitmask(mask.bitmask, vocab)
-    assert torch.equal(allowed[[0, 2]], reference[[0, 2]] > float("-inf"))
-    assert 0 < int(allowed[0].sum()) < vocab
-    chosen = masked_greedy(logits, mask.bitmask, torch.tensor(mask.rows))
-    assert chosen[:, 0].long().tolist() == reference[[0, 2]].argmax(dim=-1).tolist()
-    expected = logits.log_softmax(dim=-1)[[0, 2]].gather(1, chosen[:, :1].long())[:, 0]
-    assert torch.allclose(chosen[:, 1], expected, atol=1e-5)
 
 
 def test_batched_advance_ends_rows_on_stop_tokens_and_rejected_ones(make_engine, tokenizer):

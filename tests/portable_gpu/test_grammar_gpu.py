@@ -1,5 +1,5 @@
 """Constrained decoding on a CUDA GPU: the mask applies to the logits after the CUDA-graph forward, greedy
-grammar rows stay in the pipelined decode (masked on the device) with the same tokens as step by step, and
+grammar rows stay in the pipelined decode (chosen on the device) with the same tokens as step by step, and
 unconstrained neighbours in the batch are unchanged."""
 from __future__ import annotations
 
@@ -49,27 +49,28 @@ def test_grammar_rows_validate_and_free_rows_are_unchanged(demo_checkpoints, tem
 
 
 def test_pipelined_grammar_rows_stay_valid_and_match_step_by_step(demo_checkpoints):
-    """Greedy grammar rows in pipelined CUDA-graph launches (bitmask filled on the host while the forward
-    runs, masked argmax on the device, fed to the next launch): token for token what step-by-step decoding
-    gives, every output valid, every block back (tests/portable/test_grammar_pipelining.py: the same on CPU)."""
+    """Grammar rows in pipelined CUDA-graph launches (bitmask filled on the host while the forward runs,
+    the sampler queued on the device, its choice fed to the next launch): token for token what step-by-step
+    decoding gives, every output valid, every block back (tests/portable/test_grammar_pipelining.py: the
+    same on CPU)."""
     torch.backends.cuda.matmul.allow_tf32 = False
     tokenizer = AutoTokenizer.from_pretrained(str(demo_checkpoints["llama"]))
     engines = {flag: LLMEngine.from_checkpoint(demo_checkpoints["llama"], EngineConfig(
         device="cuda", dtype="float32", pipeline_decode=flag, max_num_seqs=16, kv_cache_memory_bytes=64 << 20))
         for flag in (True, False)}
     assert engines[True].pipelined and not engines[False].pipelined
-    runner, masked = engines[True].runner, []
+    runner, chosen = engines[True].runner, []
     finish = runner.finish
 
-    def counting_finish(launch, mask=None):
-        masked.append(0 if mask is None else len(mask.rows))
-        finish(launch, mask)
+    def counting_finish(launch, rows=None, choose=None):
+        chosen.append(len(rows or []))
+        finish(launch, rows, choose)
 
     runner.finish = counting_finish
     requests = grammar_requests(tokenizer.eos_token_id)
     results = {flag: run_all(engine, requests, {"aborted": 9}) for flag, engine in engines.items()}
     assert_grammar_rows_match(results[True], results[False], tokenizer)
-    assert sum(masked) >= 40, masked  # grammar rows went through pipelined launches
+    assert sum(chosen) >= 40, chosen  # grammar rows were chosen on the device behind pipelined launches
     for engine in engines.values():
         assert engine.num_free_blocks == engine.num_total_blocks
         assert not engine.has_unfinished()
