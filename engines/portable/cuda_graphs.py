@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from engines.portable.attention import AttentionMetadata, GpuAttentionMetadata
+from engines.portable.host_copies import to_device
 from engines.portable.model import CausalLM
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
@@ -164,7 +165,7 @@ class DecodeGraphs:
             if len(rows) == batch:
                 self.sampled[:batch] = choose(logits)
             else:
-                index = torch.tensor(rows, dtype=torch.long).to(logits.device, non_blocking=True)
+                index = to_device(rows, logits.device, torch.long)
                 self.sampled[index] = choose(logits.index_select(0, index))
         self.results[launch.buffer][:batch].copy_(self.sampled[:batch], non_blocking=True)
         launch.event = torch.cuda.Event()

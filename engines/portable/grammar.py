@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from engines.json_grammar import first_line, schema_to_ebnf
+from engines.portable.host_copies import to_device
 
 GUIDE_TYPES = ("json", "json_schema", "regex", "ebnf_grammar", "structural_tag")
 
@@ -198,13 +199,15 @@ def apply_mask(logits: torch.Tensor, mask: GrammarMask | None) -> torch.Tensor:
         return logits
     import xgrammar
 
-    bitmask = mask.bitmask.to(logits.device, non_blocking=True)
+    bitmask, rows = to_device(mask.bitmask, logits.device), mask.rows
+    if logits.is_cuda:
+        rows = to_device(rows, logits.device, torch.int32)  # xgrammar would copy a list from pageable memory
     if logits.dtype != torch.float32:  # xgrammar's kernels take float32 logits
         masked = logits.float()
-        xgrammar.apply_token_bitmask_inplace(masked, bitmask, indices=mask.rows)
+        xgrammar.apply_token_bitmask_inplace(masked, bitmask, indices=rows)
         logits.copy_(masked)
         return logits
-    xgrammar.apply_token_bitmask_inplace(logits, bitmask, indices=mask.rows)
+    xgrammar.apply_token_bitmask_inplace(logits, bitmask, indices=rows)
     return logits
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from engines.portable.grammar import GrammarMask, apply_mask
+from engines.portable.host_copies import to_device
 from engines.portable.sequence import Sequence
 
 
@@ -21,7 +22,7 @@ def _padded(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, 
     for index, row in enumerate(rows):
         ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
         valid[index, : len(row)] = True
-    return ids.to(device), valid.to(device)
+    return to_device(ids, device), to_device(valid, device)
 
 
 def _penalised(seqs: list[Sequence]) -> tuple[bool, bool]:
@@ -34,14 +35,14 @@ def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
     device, vocab = logits.device, logits.shape[-1]
     repetition_wanted, additive_wanted = _penalised(seqs)
     if repetition_wanted:
-        repetition = torch.tensor([s.params.repetition_penalty for s in seqs], device=device)
+        repetition = to_device([s.params.repetition_penalty for s in seqs], device)
         ids, valid = _padded([s.token_ids for s in seqs], device)
         seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, ids, valid)
         penalised = torch.where(logits > 0, logits / repetition[:, None], logits * repetition[:, None])
         logits = torch.where(seen, penalised, logits)
     if additive_wanted:
-        presence = torch.tensor([s.params.presence_penalty for s in seqs], device=device)
-        frequency = torch.tensor([s.params.frequency_penalty for s in seqs], device=device)
+        presence = to_device([s.params.presence_penalty for s in seqs], device)
+        frequency = to_device([s.params.frequency_penalty for s in seqs], device)
         ids, valid = _padded([s.output_token_ids for s in seqs], device)
         counts = torch.zeros(len(seqs), vocab, device=device).scatter_add_(1, ids, valid.float())
         logits = logits - frequency[:, None] * counts - presence[:, None] * (counts > 0).float()
@@ -58,8 +59,8 @@ def apply_logit_bias(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor
         for token, value in seq.params.logit_bias.items():
             rows.append(row), ids.append(token), values.append(value)
     bias = torch.zeros_like(logits)
-    index = (torch.tensor(rows, device=logits.device), torch.tensor(ids, device=logits.device))
-    bias.index_put_(index, torch.tensor(values, dtype=logits.dtype, device=logits.device))
+    index = (to_device(rows, logits.device), to_device(ids, logits.device))
+    bias.index_put_(index, to_device(values, logits.device, logits.dtype))
     return logits + bias
 
 
@@ -154,11 +155,11 @@ def choose(logits: torch.Tensor, seqs: list[Sequence],
     chosen = logits.argmax(dim=-1)
     sampled_rows = [row for row, seq in enumerate(seqs) if not seq.params.greedy]
     if sampled_rows:
-        rows = torch.tensor(sampled_rows, device=logits.device)
+        rows = to_device(sampled_rows, logits.device)
         subset = [seqs[row] for row in sampled_rows]
-        temperature = torch.tensor([s.params.temperature for s in subset], device=logits.device)
-        top_k = torch.tensor([s.params.top_k for s in subset], device=logits.device)
-        top_p = torch.tensor([s.params.top_p for s in subset], device=logits.device)
+        temperature = to_device([s.params.temperature for s in subset], logits.device)
+        top_k = to_device([s.params.top_k for s in subset], logits.device)
+        top_p = to_device([s.params.top_p for s in subset], logits.device)
         filtered = apply_top_k_top_p(logits[rows] / temperature[:, None], top_k, top_p)
         probs = filtered.softmax(dim=-1)
         noise = _exponential_noise(subset, tuple(probs.shape), logits.device)
