@@ -5,10 +5,10 @@ the constrained side gives every request one of `--schemas` distinct JSON schema
 grammar cache compiles each schema once and hits for the rest. The schemas ask for long arrays of small
 objects, so every constrained request, like every unconstrained one, runs to `--output-len` tokens: the two
 sides keep the same batch at every step and the ratio measures the grammar's cost alone (mask filled on the
-host, applied in the sampler, the matcher advanced), not a difference in answer lengths. Greedy grammar rows
-stay in the pipelined CUDA-graph decode (bitmask filled while the forward runs, masked argmax on the device);
-sampled ones go step by step on both sides. The host time spent filling bitmasks and advancing matchers is
-reported per constrained step, to compare with the step time.
+host, applied in the sampler, the matcher advanced), not a difference in answer lengths. Both sides run the
+pipelined CUDA-graph decode, greedy and sampled: the sampler is queued on the device behind each forward, and
+a grammar row's bitmask is filled on the host while that forward runs. The host time spent filling bitmasks
+and advancing matchers is reported per constrained step, to compare with the step time.
 
 GPU (the lead's H100, Llama-2-7B shape, random weights made on the device):
 
