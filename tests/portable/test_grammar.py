@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -120,3 +124,43 @@ def test_batched_advance_ends_rows_on_stop_tokens_and_rejected_ones(make_engine,
     z = tokenizer.encode("z", add_special_tokens=False)[0]
     assert advance([done, going, wrong], [eos, a, z]) == [False, True, False]
     assert wrong.accept(a)  # a rejected token leaves the matcher as it was
+
+
+NO_TRITON_RUN = """
+import sys
+from pathlib import Path
+try:
+    import triton  # noqa: F401
+except ImportError:
+    pass
+else:
+    sys.exit("triton was importable")
+from transformers import AutoTokenizer
+from engines.portable.config import EngineConfig
+from engines.portable.engine import LLMEngine
+from engines.portable.grammar import Guide
+from engines.portable.sampling import SamplingParams
+checkpoint = Path(sys.argv[1])
+tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+engine = LLMEngine.from_checkpoint(checkpoint, EngineConfig())
+guide = Guide("regex", "(yes|no)-[0-9]{3}")
+params = [SamplingParams(max_new_tokens=40, temperature=t, seed=1, end_id=tokenizer.eos_token_id, guide=guide)
+          for t in (0.0, 1.0)]
+for tokens in engine.generate([[1, 5, 6, 7], [1, 8, 9]], params):
+    print(tokenizer.decode(tokens))
+"""
+
+
+def test_constrained_decoding_on_cpu_needs_no_openai_triton(demo_checkpoints, tmp_path):
+    """xgrammar 0.2.8 requires OpenAI's `triton` on Linux x86-64 (1 GiB installed) for its GPU kernel only:
+    with `import triton` failing, the CPU engine still decodes under a grammar (what README's note on a
+    CPU-only install relies on)."""
+    (tmp_path / "triton").mkdir()
+    (tmp_path / "triton" / "__init__.py").write_text('raise ImportError("triton is not installed")\n')
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)])}
+    result = subprocess.run([sys.executable, "-c", NO_TRITON_RUN, str(demo_checkpoints["llama"])], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all(re.fullmatch(r"(yes|no)-[0-9]{3}", line) for line in lines), lines
