@@ -162,11 +162,14 @@ def test_text_response_format_is_plain_text(client, ingot_stack):
     assert reply.choices[0].finish_reason in ("stop", "length")
 
 
-def test_readme_example_works_as_written(ingot_stack, capsys):
+def test_readme_example_works_as_written(real_model_stack, capsys):
+    """The README's example against the model `make serve` serves by default, only the address and key swapped."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("## Structured outputs and tools", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
-    code = code.replace("http://127.0.0.1:8000", ingot_stack.base_url).replace("ingot-demo-key", ingot_stack.api_key)
+    assert f'model="{real_model_stack.model}"' in code
+    code = code.replace("http://127.0.0.1:8000", real_model_stack.base_url)
+    code = code.replace("ingot-demo-key", real_model_stack.api_key)
     exec(compile(code, "README.md", "exec", dont_inherit=True), {"__name__": "readme_example"})
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("name=") and lines[1].startswith("tool_calls GetWeather city=")
