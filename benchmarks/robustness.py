@@ -56,6 +56,8 @@ class Serve:
         work_dir = root / "work"
         env = {k: v for k, v in os.environ.items() if not k.startswith("INGOT_API_KEYS")}
         env["INGOT_MAX_IN_FLIGHT"] = "4096"  # admission is not what this measures
+        env["INGOT_FIRST_TOKEN_TIMEOUT"] = "0"  # clients queued behind max_num_seqs wait as long as they must
+        env["INGOT_DRAIN_TIMEOUT"] = "5"  # streams still running at a SIGINT are ended after 5 s
         root.mkdir(parents=True, exist_ok=True)
         log_path = root / "serve.log"
         command = [sys.executable, "-m", "server.cli", "serve", "--demo", "llama", "--port", str(port),
@@ -138,28 +140,37 @@ def body_for(path: str, stream: bool) -> dict:
 
 async def leave_after_first_token(base_url: str, path: str, stream: bool, under_way: asyncio.Event,
                                   leave: asyncio.Event) -> str:
-    """Send one request; a streaming client waits for its first content chunk, a non-streaming one for the
-    signal that the engine holds every request; both then close the connection without reading on."""
+    """Send one request and close the connection without reading on once `leave` is set. A streaming client
+    says it is under way at its first content chunk; one the engine keeps waiting (more clients than its
+    max_num_seqs), or a non-streaming one, as soon as its request is sent: the engine holds it either way."""
     port = int(base_url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    outcome = "left"
     try:
         writer.write(request_bytes(base_url, path, body_for(path, stream)))
         await writer.drain()
-        if stream:
-            seen = b""
-            while b'"content"' not in seen and b'"text"' not in seen:
-                chunk = await asyncio.wait_for(reader.read(4096), timeout=600)
+        if not stream:
+            under_way.set()
+            await leave.wait()
+            return "left"
+        seen = b""
+        reading = asyncio.ensure_future(reader.read(4096))
+        leaving = asyncio.ensure_future(leave.wait())
+        while not leave.is_set():
+            await asyncio.wait({reading, leaving}, return_when=asyncio.FIRST_COMPLETED)
+            if reading.done():
+                chunk = reading.result()
                 if not chunk:
-                    return "closed by the server before a token"
+                    return "closed by the server"
                 seen += chunk
-            if not seen.startswith(b"HTTP/1.1 200"):
-                return seen.split(b"\r\n", 1)[0].decode()
-        under_way.set()
-        await leave.wait()
+                if not seen.startswith(b"HTTP/1.1 200"):
+                    return seen.split(b"\r\n", 1)[0].decode()
+                if b'"content"' in seen or b'"text"' in seen:
+                    under_way.set()
+                reading = asyncio.ensure_future(reader.read(4096))
+        reading.cancel()
+        return "left"
     finally:
         writer.close()
-    return outcome
 
 
 async def disconnects(serve: Serve, count: int) -> dict:
@@ -169,11 +180,11 @@ async def disconnects(serve: Serve, count: int) -> dict:
     # One client in four does not stream: it can only leave by closing the connection while waiting.
     tasks = [asyncio.create_task(leave_after_first_token(serve.base_url, paths[i % 2], i % 4 != 0, events[i], leave))
              for i in range(count)]
-    await asyncio.gather(*(event.wait() for event in events))
     deadline = time.monotonic() + 300
     while serve.engine_gauge("ingot_engine_running_requests") < count and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     held = serve.engine_gauge("ingot_engine_running_requests")
+    generating = sum(event.is_set() for event in events)
     leave.set()
     outcomes = await asyncio.gather(*tasks)
     left_at = time.monotonic()
@@ -191,7 +202,8 @@ async def disconnects(serve: Serve, count: int) -> dict:
         await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - left_at)))
         after_1s = serve.engine_gauge("ingot_engine_running_requests")
     return {"clients": count, "streaming": sum(1 for i in range(count) if i % 4 != 0),
-            "engine_held_before_leaving": held, "left_cleanly": outcomes.count("left"),
+            "engine_held_before_leaving": held, "with_tokens_before_leaving": generating,
+            "left_cleanly": outcomes.count("left"),
             "other_outcomes": sorted({o for o in outcomes if o != "left"}),
             "running_1s_after_last_left": after_1s, "running_reached_zero_after_s": zero_after,
             "free_kv_blocks": serve.engine_gauge("ingot_engine_free_kv_blocks"),
@@ -258,10 +270,10 @@ def cycle(root: Path, index: int) -> dict:
 
 async def _streams_some_leave(serve: Serve) -> None:
     """Four streams: two clients leave after their first token, two are still running at the SIGINT."""
-    leave = asyncio.Event()
+    leave, stay = asyncio.Event(), asyncio.Event()
     events = [asyncio.Event() for _ in range(4)]
-    tasks = [asyncio.create_task(leave_after_first_token(serve.base_url, "/v1/completions", True, events[i], leave))
-             for i in range(4)]
+    tasks = [asyncio.create_task(leave_after_first_token(serve.base_url, "/v1/completions", True, events[i],
+                                                         leave if i < 2 else stay)) for i in range(4)]
     await asyncio.gather(*(event.wait() for event in events))
     leave.set()
     await asyncio.gather(*tasks[:2])
