@@ -152,7 +152,7 @@ class PortableSettings:
     max_batch_size: int = 64
     # how often cancelled requests are found and the gauges refreshed (TensorRT-LLM's parameter of that name)
     cancellation_check_period_ms: int = 100
-    cpu_threads: int | None = None  # None: every core but one on CPU (engines/triton/engine_settings.py)
+    cpu_threads: int | None = None  # None: torch's default, one per core (engines/triton/engine_settings.py)
 
     def parameters(self) -> dict[str, str]:
         return {

@@ -1,8 +1,6 @@
 """The portable model's config.pbtxt parameters turned into the engine's configuration."""
 from __future__ import annotations
 
-import os
-
 
 def resolve_device(device: str) -> str:
     if device != "auto":
@@ -36,18 +34,16 @@ def resolve_kv_cache_bytes(value: str) -> int:
 
 
 def cpu_threads(value: str, device: str) -> int | None:
-    """Intra-op threads of the engine's process on CPU. "auto": every core this process may use but one, which
-    is left to the engine's own Python thread, tritonserver and the gateway: a 2-step barrier of two OpenMP
-    threads on two busy cores waits for whichever thread the kernel descheduled, at every operator (measured:
-    ~15x slower decode on this 2-core machine under load). On CUDA "auto" keeps torch's default (None)."""
-    if value != "auto":
-        threads = int(value)
-        if threads <= 0:
-            raise ValueError(f"cpu_threads must be positive or auto, got {value}")
-        return threads
-    if device.startswith("cuda"):
+    """Intra-op threads of the engine's process. "auto" keeps torch's default (one per core): on a 2-core
+    machine under load, one thread decoded faster in process but slower behind Triton than two
+    (benchmarks/results/llamacpp_vs_ingot_cpu_smollm2_bf16/NOTE.md), so no fewer is imposed; set a number
+    to leave cores to tritonserver and the gateway."""
+    if value == "auto":
         return None
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    threads = int(value)
+    if threads <= 0:
+        raise ValueError(f"cpu_threads must be positive or auto, got {value}")
+    return threads
 
 
 def apply_cpu_threads(parameters: dict[str, str]) -> int | None:
