@@ -15,6 +15,7 @@ takes the most likely continuations, so temperature, top_p and top_k do not appl
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 import copy
 import secrets
 from collections.abc import AsyncIterator
@@ -92,6 +93,11 @@ def best_indices(cumulative: list[float], n: int) -> list[int]:
 
 async def merged(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:
     """Deltas of several choices as they come, each with its choice index; the first error ends all."""
+    if len(streams) == 1:  # one choice, the usual case: no task and no queue hop per token
+        async with aclosing(streams[0]) as stream:
+            async for delta in stream:
+                yield 0, delta
+        return
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 
