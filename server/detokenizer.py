@@ -8,7 +8,11 @@ The streamed pieces joined equal one decode of all the ids.
 from __future__ import annotations
 
 from tokenizers import Tokenizer as RawTokenizer
-from tokenizers.decoders import DecodeStream
+
+try:
+    from tokenizers.decoders import DecodeStream
+except ImportError:  # tokenizers before 0.21 (a GPU image's own): the window decoder below does the same in Python
+    DecodeStream = None
 
 REPLACEMENT = "\ufffd"
 
@@ -17,10 +21,10 @@ class IncrementalDetokenizer:
     def __init__(self, tokenizer: RawTokenizer, skip_special_tokens: bool = True):
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
-        self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
+        self._stream = DecodeStream(skip_special_tokens=skip_special_tokens) if DecodeStream is not None else None
         self._emitted_ids: list[int] = []  # the ids of the last piece of text, the context for `flush`
         self._pending: list[int] = []  # ids whose text is not emitted yet (a partial character)
-        self._fallback: _WindowDecoder | None = None
+        self._fallback = _WindowDecoder(tokenizer, skip_special_tokens, [], []) if self._stream is None else None
 
     def add(self, new_ids: list[int]) -> str:
         """Text that the new ids complete; may be empty while a character is still partial."""

@@ -3,6 +3,7 @@ import random
 
 import pytest
 
+from server import detokenizer as detokenizer_module
 from server.detokenizer import IncrementalDetokenizer, _WindowDecoder
 from server.stops import StopMatcher
 from server.tokenizer import Tokenizer
@@ -15,8 +16,11 @@ def tokenizer(demo_checkpoints):
     return Tokenizer(demo_checkpoints["llama"])
 
 
+@pytest.mark.parametrize("decode_stream", [True, False])  # False: a tokenizers older than 0.21 (no DecodeStream)
 @pytest.mark.parametrize("text", TEXTS)
-def test_one_token_at_a_time_never_emits_broken_utf8(tokenizer, text):
+def test_one_token_at_a_time_never_emits_broken_utf8(tokenizer, text, decode_stream, monkeypatch):
+    if not decode_stream:
+        monkeypatch.setattr(detokenizer_module, "DecodeStream", None)
     ids = tokenizer.encode(text)
     detokenizer = IncrementalDetokenizer(tokenizer.raw)
     pieces = [detokenizer.add([token]) for token in ids] + [detokenizer.flush()]
