@@ -136,6 +136,11 @@ class GenerationRequest:
     vocab_size: int | None = None  # the width of `embedding_bias`: the model's logits
     return_context_logits: bool = False  # the prompt's logits rows: prompt logprobs (echo)
     return_generation_logits: bool = False  # each new token's logits row: top logprobs
+    # LoRA, TensorRT-LLM's cache semantics: the first request of a task id carries the adapter's weights and
+    # config (engines/lora_format.py), later ones only the id; an id the engine has not cached is an error
+    lora_task_id: int | None = None
+    lora_weights: np.ndarray | None = None  # [rows, D·Hi + Ho·D] FP16
+    lora_config: np.ndarray | None = None  # [rows, 3] INT32: module id, layer, adapter size
 
 
 @dataclass
@@ -209,6 +214,8 @@ def encode_request(request: GenerationRequest) -> dict[str, np.ndarray]:
         tensors["stop_words_list"] = encode_stop_words(request.stop_words)[None]
     if request.stop:
         tensors["stop"] = np.array([[True]])
+    if request.lora_task_id is not None:
+        tensors.update(encode_lora(request))
     if request.guide_type:
         tensors["guided_decoding_guide_type"] = np.array([[request.guide_type.encode()]], dtype=np.object_)
         tensors["guided_decoding_guide"] = np.array([[(request.guide or "").encode()]], dtype=np.object_)
@@ -259,7 +266,29 @@ def decode_request(tensors: dict[str, np.ndarray]) -> GenerationRequest:
         logit_bias=decode_logit_bias(tensors.get("embedding_bias")),
         return_context_logits=bool(_first(tensors, "return_context_logits", False)),
         return_generation_logits=bool(_first(tensors, "return_generation_logits", False)),
+        lora_task_id=_optional_int(_first(tensors, "lora_task_id", None)),
+        lora_weights=_lora_rows(tensors.get("lora_weights")),
+        lora_config=_lora_rows(tensors.get("lora_config")),
     )
+
+
+def encode_lora(request: GenerationRequest) -> dict[str, np.ndarray]:
+    """`lora_task_id`, with the adapter's tensors when the request carries them (batch dimension added)."""
+    if not 0 <= request.lora_task_id < 2**64:
+        raise ValueError("lora_task_id must fit in an unsigned 64-bit integer")
+    tensors = {"lora_task_id": np.array([[request.lora_task_id]], dtype=np.uint64)}
+    if request.lora_weights is not None:
+        tensors["lora_weights"] = np.asarray(request.lora_weights, dtype=np.float16)[None]
+        tensors["lora_config"] = np.asarray(request.lora_config, dtype=np.int32)[None]
+    return tensors
+
+
+def _lora_rows(array) -> np.ndarray | None:
+    """[rows, width] without the batch dimension of 1, or None when absent or empty."""
+    if array is None or not np.asarray(array).size:
+        return None
+    array = np.asarray(array)
+    return array[0] if array.ndim == 3 else array
 
 
 def _text(value) -> str | None:

@@ -29,6 +29,7 @@ class Manifest:
     plan: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)
     embedding: dict = field(default_factory=dict)  # engines.embedding.EmbeddingSpec; empty without one
+    loras: dict = field(default_factory=dict)  # LoRA adapters packed in the artifact: name -> {task_id, rank, path}
     tool_versions: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     created_at: str = ""

@@ -153,6 +153,11 @@ class PortableSettings:
     # how often cancelled requests are found and the gauges refreshed (TensorRT-LLM's parameter of that name)
     cancellation_check_period_ms: int = 100
     cpu_threads: int | None = None  # None: torch's default, one per core (engines/triton/engine_settings.py)
+    # LoRA: adapters on the device at once (0: none served), their largest rank, and the host cache of
+    # adapters sent with requests (TensorRT-LLM's lora_cache_host_memory_bytes)
+    max_loras: int = 0
+    max_lora_rank: int = 16
+    lora_cache_host_memory_bytes: int = 1 << 30
 
     def parameters(self) -> dict[str, str]:
         return {
@@ -168,6 +173,10 @@ class PortableSettings:
             "exclude_input_in_output": "true",
             "cancellation_check_period_ms": str(self.cancellation_check_period_ms),
             "cpu_threads": "auto" if self.cpu_threads is None else str(self.cpu_threads),
+            "max_loras": str(self.max_loras),
+            "max_lora_rank": str(self.max_lora_rank),
+            "lora_cache_host_memory_bytes": str(self.lora_cache_host_memory_bytes),
+            "lora_dir": "loras",
         }
 
 
@@ -180,8 +189,10 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def write_portable_repository(checkpoint_dir: Path, artifact_dir: Path, settings: PortableSettings) -> ArtifactPaths:
-    """Model repository for the portable engine: the Python backend plus the checkpoint's weights."""
+def write_portable_repository(checkpoint_dir: Path, artifact_dir: Path, settings: PortableSettings,
+                              loras: dict[str, Path] | None = None) -> dict[str, dict]:
+    """Model repository for the portable engine: the Python backend plus the checkpoint's weights, and the
+    LoRA adapters `loras` (name -> PEFT folder) loaded at start. Returns the packed adapters (manifest's `loras`)."""
     checkpoint_dir, paths = Path(checkpoint_dir), ArtifactPaths(Path(artifact_dir))
     version_dir = paths.model_dir / "1"
     weights_dir = version_dir / "checkpoint"
@@ -194,7 +205,11 @@ def write_portable_repository(checkpoint_dir: Path, artifact_dir: Path, settings
     parse_config_pbtxt(config)
     (paths.model_dir / "config.pbtxt").write_text(config)
     copy_tokenizer(checkpoint_dir, paths.tokenizer)
-    return paths
+    if loras and not settings.max_loras:
+        raise ValueError("LoRA adapters given but max_loras is 0: the engine would serve none of them")
+    from engines.lora_artifact import pack_adapters
+
+    return pack_adapters(loras or {}, version_dir / "loras")
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,12 @@ class LLMEngine(BeamSteps, GrammarSteps):
             raise ValueError("this engine serves no LoRA adapters: set max_loras above 0")
         self.loras.add(name, path)
 
+    def add_lora_weights(self, name: str, weights) -> None:
+        """Register an adapter already read (engines.lora_format.AdapterWeights, checked against this model)."""
+        if self.loras is None:
+            raise ValueError("this engine serves no LoRA adapters: set max_loras above 0")
+        self.loras.add_weights(name, weights)
+
     def remove_lora(self, name: str) -> None:
         if self.loras is None:
             raise ValueError("this engine serves no LoRA adapters")

@@ -15,37 +15,30 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
-import math
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
+from engines.lora_format import AdapterWeights, LoraError, ModelShapes, read_peft_adapter
 from engines.portable.config import ModelConfig
+
+__all__ = ["LoraAdapter", "LoraError", "LoraRegistry", "LoraSlots", "load_peft_adapter", "model_shapes"]
 
 # PEFT's module names, by the fused projection that holds them, in the order of its output rows
 PROJECTIONS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("gate_proj", "up_proj"),
                "down": ("down_proj",)}
-MODULE_PARENT = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
-                 "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
-ALL_MODULES = tuple(MODULE_PARENT)
-_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(self_attn|mlp)\.(\w+_proj)\.lora_([AB])(?:\.[\w-]+)?\.weight$")
 
 
-class LoraError(ValueError):
-    """An adapter that cannot be served; the message names the file and the field or tensor."""
+def model_shapes(config: ModelConfig) -> ModelShapes:
+    return ModelShapes.of(config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads,
+                          config.head_dim, config.intermediate_size)
 
 
 def _shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
     """(in, out) features of each adapted module."""
-    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-    hidden, inter = config.hidden_size, config.intermediate_size
-    return {"q_proj": (hidden, q), "k_proj": (hidden, kv), "v_proj": (hidden, kv), "o_proj": (q, hidden),
-            "gate_proj": (hidden, inter), "up_proj": (hidden, inter), "down_proj": (inter, hidden)}
+    return model_shapes(config).features
 
 
 @dataclass(frozen=True)
@@ -56,6 +49,7 @@ class LoraAdapter:
     rank: int
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
     uid: int  # distinguishes two adapters registered under one name, for the prefix cache
+    nbytes: int = 0  # host memory held
 
     @property
     def cache_salt(self) -> bytes:
@@ -66,65 +60,16 @@ class LoraAdapter:
 _UIDS = itertools.count(1)
 
 
-def _read_config(path: Path) -> dict:
-    file = path / "adapter_config.json"
-    if not file.is_file():
-        raise LoraError(f"{path}: no adapter_config.json (expected a PEFT LoRA adapter folder)")
-    config = json.loads(file.read_text())
-    problems = []
-    if config.get("peft_type", "LORA") != "LORA":
-        problems.append(f"peft_type is {config.get('peft_type')!r}; only LORA is supported")
-    for key in ("use_dora", "fan_in_fan_out"):
-        if config.get(key):
-            problems.append(f"{key}=true is not supported")
-    if config.get("bias", "none") != "none":
-        problems.append(f"bias={config['bias']!r} is not supported (only 'none')")
-    for key in ("rank_pattern", "alpha_pattern", "modules_to_save"):
-        if config.get(key):
-            problems.append(f"{key} is not supported")
-    if not isinstance(config.get("r"), int) or config["r"] <= 0:
-        problems.append(f"r must be a positive integer, got {config.get('r')!r}")
-    if problems:
-        raise LoraError(f"{file}: " + "; ".join(problems))
-    return config
+def adapter_from_weights(name: str, adapter: AdapterWeights) -> LoraAdapter:
+    """Host-side torch copies of checked weights (engines.lora_format)."""
+    weights = {key: (torch.from_numpy(a).float().contiguous(), torch.from_numpy(b).float().contiguous())
+               for key, (a, b) in adapter.weights.items()}
+    return LoraAdapter(name, adapter.rank, weights, next(_UIDS), adapter.nbytes)
 
 
 def load_peft_adapter(name: str, path: str | Path, model: ModelConfig, max_rank: int) -> LoraAdapter:
     """Read a PEFT adapter folder and check it against the model; weights stay on the host in fp32."""
-    path = Path(path)
-    config = _read_config(path)
-    rank = config["r"]
-    if rank > max_rank:
-        raise LoraError(f"{path}: rank {rank} is above the engine's max_lora_rank {max_rank}")
-    alpha = config.get("lora_alpha", rank)
-    scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-    files = [path / "adapter_model.safetensors"]
-    if not files[0].is_file():
-        raise LoraError(f"{path}: no adapter_model.safetensors")
-    tensors = load_file(str(files[0]))
-    shapes, pairs = _shapes(model), {}
-    for key, tensor in tensors.items():
-        match = _KEY.search(key)
-        if match is None:
-            raise LoraError(f"{files[0]}: tensor {key} is not a LoRA weight of a Llama/Mistral projection")
-        layer, parent, module, which = int(match[1]), match[2], match[3], match[4]
-        if module not in MODULE_PARENT or MODULE_PARENT[module] != parent or not 0 <= layer < model.num_layers:
-            raise LoraError(f"{files[0]}: tensor {key} names no projection of this model")
-        pairs.setdefault((layer, module), {})[which] = tensor.float()
-    weights = {}
-    for (layer, module), pair in sorted(pairs.items()):
-        where = f"{files[0]}: layer {layer} {module}"
-        if set(pair) != {"A", "B"}:
-            raise LoraError(f"{where}: lora_A and lora_B must both be present")
-        a, b = pair["A"], pair["B"]
-        features_in, features_out = shapes[module]
-        if a.shape != (rank, features_in) or b.shape != (features_out, rank):
-            raise LoraError(f"{where}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not fit rank {rank} "
-                            f"and the model's {features_in} -> {features_out} projection")
-        weights[(layer, module)] = (a.contiguous(), (b * scaling).contiguous())
-    if not weights:
-        raise LoraError(f"{files[0]}: holds no LoRA weights")
-    return LoraAdapter(name, rank, weights, next(_UIDS))
+    return adapter_from_weights(name, read_peft_adapter(path, model_shapes(model), max_rank))
 
 
 class LoraSlots:
@@ -184,9 +129,9 @@ class LoraSlots:
                     pair = adapter.weights.get((index, module))
                     if pair is None:
                         continue
-                    a, b = pair
-                    a_all[start:start + adapter.rank].copy_(a)
-                    b_all[offsets[sub]:offsets[sub + 1], start:start + adapter.rank].copy_(b)
+                    a, b = pair  # ranks may differ per module (adapters sent as TensorRT-LLM tensors)
+                    a_all[start:start + a.shape[0]].copy_(a)
+                    b_all[offsets[sub]:offsets[sub + 1], start:start + a.shape[0]].copy_(b)
 
     def delta(self, layer: int, projection: str, x: torch.Tensor, token_slots: torch.Tensor) -> torch.Tensor:
         """The LoRA correction of projection `projection` of `layer` for tokens x [T, in] of slots [T]."""
@@ -209,11 +154,23 @@ class LoraRegistry:
     def max_loras(self) -> int:
         return self.slots.max_loras
 
+    @property
+    def shapes(self) -> ModelShapes:
+        return model_shapes(self.model)
+
     def add(self, name: str, path: str | Path) -> LoraAdapter:
         if not name:
             raise LoraError("an adapter needs a name")
-        adapter = load_peft_adapter(name, path, self.model, self.max_rank)
-        self.adapters[name] = adapter
+        return self.put(load_peft_adapter(name, path, self.model, self.max_rank))
+
+    def add_weights(self, name: str, weights: AdapterWeights) -> LoraAdapter:
+        """Register already-read weights (e.g. from TensorRT-LLM's lora_weights / lora_config tensors)."""
+        if not name:
+            raise LoraError("an adapter needs a name")
+        return self.put(adapter_from_weights(name, weights))
+
+    def put(self, adapter: LoraAdapter) -> LoraAdapter:
+        self.adapters[adapter.name] = adapter
         return adapter
 
     def remove(self, name: str) -> None:

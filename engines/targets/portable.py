@@ -16,15 +16,17 @@ def build_portable(
     profile: dict | None = None,
     plan: dict | None = None,
     tokenizer: dict | None = None,
+    loras: dict[str, Path] | None = None,
 ) -> Manifest:
     """Write the artifact (model repository, tokenizer, manifest) and return its manifest.
 
-    `profile`, `plan` and `tokenizer` (from `ingot build`) are recorded in the manifest as they are.
+    `profile`, `plan` and `tokenizer` (from `ingot build`) are recorded in the manifest as they are;
+    `loras` (name -> PEFT folder) are packed beside the weights and listed in the manifest.
     """
     checkpoint_dir, artifact_dir = Path(checkpoint_dir), Path(artifact_dir)
     settings = settings or PortableSettings()
     config = json.loads((checkpoint_dir / "config.json").read_text())
-    write_portable_repository(checkpoint_dir, artifact_dir, settings)
+    packed = write_portable_repository(checkpoint_dir, artifact_dir, settings, loras)
     # The gateway reads the served context from the manifest: the engine's, capped to what its KV cache holds.
     manifest = Manifest(
         model_name=model_name or checkpoint_dir.name,
@@ -35,6 +37,7 @@ def build_portable(
         plan={"engine_parameters": settings.parameters(), **(plan or {})},
         profile=profile or {},
         tokenizer=tokenizer or {},
+        loras=packed,
     )
     return write_manifest(artifact_dir, manifest)
 

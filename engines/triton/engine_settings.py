@@ -72,7 +72,19 @@ def engine_config_from_parameters(parameters: dict[str, str]):
         max_num_seqs=int(parameters.get("max_num_seqs", 64)),
         max_num_batched_tokens=int(parameters.get("max_num_batched_tokens", 2048)),
         enable_prefix_caching=parameters.get("enable_kv_cache_reuse", "true").lower() == "true",
+        max_loras=int(parameters.get("max_loras", 0)),
+        max_lora_rank=int(parameters.get("max_lora_rank", 16)),
     )
+
+
+def lora_host_cache_bytes(parameters: dict[str, str]) -> int:
+    """TensorRT-LLM's `lora_cache_host_memory_bytes`: the host cache of adapters sent with requests."""
+    from engines.triton.lora_tasks import DEFAULT_HOST_CACHE_BYTES
+
+    value = int(parameters.get("lora_cache_host_memory_bytes", DEFAULT_HOST_CACHE_BYTES))
+    if value <= 0:
+        raise ValueError(f"lora_cache_host_memory_bytes must be positive, got {value}")
+    return value
 
 
 DEFAULT_CANCELLATION_CHECK_PERIOD_MS = 100

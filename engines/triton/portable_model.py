@@ -25,7 +25,9 @@ from engines.triton.engine_settings import (
     apply_cpu_threads,
     cancellation_check_period_s,
     engine_config_from_parameters,
+    lora_host_cache_bytes,
 )
+from engines.triton.lora_tasks import LoraTasks
 from engines.triton.responses import Flight, Outbox, Outgoing
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -45,6 +47,11 @@ class TritonPythonModel:
         threads = apply_cpu_threads(parameters)
         self.engine = LLMEngine.from_checkpoint(checkpoint, engine_config_from_parameters(parameters))
         self.check_period = cancellation_check_period_s(parameters)
+        self.lora_tasks = LoraTasks(self.engine, lora_host_cache_bytes(parameters))
+        if self.engine.loras is not None:
+            loaded = self.lora_tasks.preload(version_dir / parameters.get("lora_dir", "loras"))
+            if loaded:
+                self.logger.log_info(f"portable engine: LoRA adapters {loaded} (name: lora_task_id)")
         self.server_pid = os.getppid()  # tritonserver started this stub
         self.outbox = Outbox(self._send, self.logger.log_error)
         self.wake = threading.Event()
@@ -105,12 +112,13 @@ class TritonPythonModel:
 
         if generation.beam_width < 1:
             raise ValueError(f"beam_width must be at least 1, got {generation.beam_width}")
+        lora = self.lora_tasks.resolve(generation.lora_task_id, generation.lora_weights, generation.lora_config)
         internal_id = uuid.uuid4().hex
         flight = Flight(sender, client_id, generation.streaming, generation.return_log_probs,
                         beam_search=generation.beam_width > 1)
         self.outbox.add(internal_id, flight)
         try:
-            self.engine.add_request(internal_id, generation.input_ids, SamplingParams.from_request(generation))
+            self.engine.add_request(internal_id, generation.input_ids, SamplingParams.from_request(generation), lora)
         except ValueError:
             self.outbox.discard(internal_id)
             raise

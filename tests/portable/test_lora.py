@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from engines.portable.lora import LoraError
 from engines.portable.sampling import SamplingParams
+from tests.lora_adapters import PeftReference, make_adapter
 from tests.portable.conftest import prompt_of
 
 peft = pytest.importorskip("peft")
@@ -23,23 +23,6 @@ ADAPTERS = {
 }
 
 
-def make_adapter(base_dir, out_dir, seed: int, rank: int, alpha: int, rslora: bool, modules: list[str]):
-    """A deterministic random PEFT adapter whose B is not zero (so it changes the output)."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    config = peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=modules, use_rslora=rslora,
-                             init_lora_weights=False, lora_dropout=0.0)
-    peft_model = peft.get_peft_model(model, config)
-    with torch.no_grad():  # PEFT's random init is small: make every adapter visibly different from the base
-        for name, parameter in peft_model.named_parameters():
-            if "lora_B" in name:
-                parameter.mul_(8.0)
-    peft_model.save_pretrained(out_dir)
-    return out_dir
-
-
 @pytest.fixture(scope="session")
 def adapters(demo_checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("loras")
@@ -51,32 +34,8 @@ def adapters(demo_checkpoints, tmp_path_factory):
 @pytest.fixture(scope="session")
 def peft_greedy(demo_checkpoints, adapters):
     """Callable(kind, adapter name or None, prompt, max_new_tokens) -> transformers + PEFT greedy ids."""
-    from transformers import AutoModelForCausalLM
-
-    models = {}
-    for kind in KINDS:
-        base = AutoModelForCausalLM.from_pretrained(demo_checkpoints[kind], dtype=torch.float32).eval()
-        names = list(ADAPTERS)
-        model = peft.PeftModel.from_pretrained(base, adapters[kind][names[0]], adapter_name=names[0])
-        for name in names[1:]:
-            model.load_adapter(adapters[kind][name], adapter_name=name)
-        models[kind] = model.eval()
-
-    def greedy(kind: str, adapter: str | None, prompt: list[int], max_new_tokens: int) -> list[int]:
-        model = models[kind]
-        inputs = torch.tensor([prompt])
-        with torch.no_grad():
-            if adapter is None:
-                with model.disable_adapter():
-                    out = model.generate(input_ids=inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                         eos_token_id=None, pad_token_id=0)
-            else:
-                model.set_adapter(adapter)
-                out = model.generate(input_ids=inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=None, pad_token_id=0)
-        return out[0, len(prompt):].tolist()
-
-    return greedy
+    references = {kind: PeftReference(demo_checkpoints[kind], adapters[kind]) for kind in KINDS}
+    return lambda kind, adapter, prompt, max_new_tokens: references[kind].greedy(adapter, prompt, max_new_tokens)
 
 
 def greedy(max_new_tokens: int) -> SamplingParams:
