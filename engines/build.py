@@ -62,6 +62,9 @@ class BuildOptions:
     engine_path: str | None = None  # gpt_model_path as the Triton container sees it
     endpoint_url: str | None = None
     embedding_model: str | None = None  # a sentence-transformers folder or a bundled name, for /v1/embeddings
+    max_loras: int | None = None  # LoRA: adapters in the device cache at once (engines/lora_plan.py)
+    max_lora_rank: int | None = None
+    lora_target_modules: list[str] | None = None
 
 
 class Steps:
@@ -121,7 +124,9 @@ def resolve_profile(options: BuildOptions, report: CheckpointReport) -> BuildPro
                        max_batch_size=options.max_batch_size, max_num_tokens=options.max_num_tokens,
                        kv_cache_free_gpu_mem_fraction=options.kv_cache_free_gpu_mem_fraction,
                        max_beam_width=options.max_beam_width, gather_context_logits=options.gather_context_logits,
-                       gather_generation_logits=options.gather_generation_logits)
+                       gather_generation_logits=options.gather_generation_logits,
+                       max_loras=options.max_loras, max_lora_rank=options.max_lora_rank,
+                       lora_target_modules=tuple(options.lora_target_modules or ()) or None)
     limit = report.config.max_position_embeddings
     max_seq_len = options.max_seq_len or min(base.max_seq_len, limit)
     max_input_len = options.max_input_len or min(base.max_input_len, max_seq_len)
@@ -147,6 +152,13 @@ def render_plan(plan: Plan, console: Console) -> None:
         ("engine limits", f"max_batch_size {profile['max_batch_size']}, max_input_len {profile['max_input_len']}, "
                           f"max_seq_len {profile['max_seq_len']}, max_num_tokens {profile['max_num_tokens']}"),
     ]
+    if plan.lora:
+        lora = plan.lora
+        rows.append(("LoRA", f"{lora['max_loras']} adapters of rank ≤ {lora['max_lora_rank']} on "
+                             f"{' '.join(lora['target_modules'])}: {gb(lora['adapter_bytes_per_gpu'])} each per GPU, "
+                             f"device cache {gb(lora['device_cache_bytes'])} = lora_cache_gpu_memory_fraction "
+                             f"{lora['lora_cache_gpu_memory_fraction']} of the {gb(lora['left_after_kv_cache_bytes'])} "
+                             "left after the KV cache"))
     for candidate in plan.candidates:
         rows.append((f"tp={candidate.tp_size}", ("fits: " if candidate.fits else "no: ") + candidate.reason))
     for row in rows:
@@ -239,6 +251,7 @@ def _build(options: BuildOptions, console: Console, stdout: Console, scratch: Pa
     else:
         settings = TrtllmSettings(max_batch_size=profile.max_batch_size, max_beam_width=profile.max_beam_width,
                                   kv_cache_free_gpu_mem_fraction=profile.kv_cache_free_gpu_mem_fraction,
+                                  lora_cache=plan.lora,
                                   **({"gpt_model_path": options.engine_path} if options.engine_path else {}))
         build_trtllm(report, plan, artifact_dir, work_dir, settings, model_name, step=steps)
     if options.embedding_model:

@@ -52,6 +52,12 @@ def _add_build_arguments(parser: argparse.ArgumentParser, dry_run_default: bool)
     parser.add_argument("--gather-generation-logits", action="store_true", default=None,
                         help="trtllm: return each new token's logits row (top logprobs: top_logprobs, "
                              "completions logprobs > 0, TGI top_n_tokens)")
+    parser.add_argument("--max-loras", type=int, help="trtllm: build with the LoRA plugin, its device cache sized for "
+                                                       "this many adapters at once (default 0: no LoRA)")
+    parser.add_argument("--max-lora-rank", type=int, help="trtllm: the largest adapter rank served (default 64)")
+    parser.add_argument("--lora-target-modules", nargs="+", metavar="MODULE",
+                        help="trtllm: adapted projections, TensorRT-LLM's names (default: all seven: attn_q attn_k "
+                             "attn_v attn_dense mlp_h_to_4h mlp_4h_to_h mlp_gate)")
     parser.add_argument("--work-dir", help="where the TensorRT-LLM checkpoint and build logs go (default: temporary)")
     parser.add_argument("--examples-dir", help="TensorRT-LLM's examples/ (default: $TRTLLM_EXAMPLES_DIR or "
                                                "/app/tensorrt_llm/examples)")

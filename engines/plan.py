@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from engines import lora_plan
 from engines.checkpoint import ModelConfig
 from engines.profiles import BuildProfile
 
@@ -88,6 +89,7 @@ class Plan:
     build_command: list[str]
     trtllm_version: str = TRTLLM_VERSION
     notes: list[str] = field(default_factory=list)
+    lora: dict = field(default_factory=dict)  # engines.lora_plan.lora_cache of the chosen candidate; empty without
 
     @property
     def tp_size(self) -> int:
@@ -162,7 +164,8 @@ def reserve_bytes_per_gpu(config: ModelConfig, profile: BuildProfile, tp: int) -
     if profile.gather_context_logits:
         rows += profile.max_num_tokens
     logits = rows * math.ceil(config.vocab_size / tp) * 4
-    return profile.runtime_reserve_bytes + activations + logits
+    lora = lora_plan.workspace_bytes(config, profile) if profile.max_loras else 0
+    return profile.runtime_reserve_bytes + activations + logits + lora
 
 
 def tp_candidates(config: ModelConfig, profile: BuildProfile) -> list[int]:
@@ -192,6 +195,13 @@ def evaluate(config: ModelConfig, profile: BuildProfile, tp: int) -> Candidate:
                                f"{profile.max_seq_len}{_beams(profile)}, fewer than {profile.min_concurrent_sequences}")
     else:
         fits, reason = True, f"{sequences} sequences of {profile.max_seq_len} tokens{_beams(profile)} fit the KV cache"
+    if fits and profile.max_loras:
+        lora = lora_plan.lora_cache(config, profile, tp, pp, free, budget)
+        if not lora["fits"]:
+            need, left = gb(lora["device_cache_bytes"]), gb(lora["left_after_kv_cache_bytes"])
+            fits, reason = False, (f"the LoRA cache for {profile.max_loras} adapters of rank {profile.max_lora_rank} "
+                                   f"({need}) exceeds the {left} left after the KV cache; lower "
+                                   "kv_cache_free_gpu_mem_fraction or max_loras")
     return Candidate(tp, pp, weights, reserve, budget, per_token, tokens, sequences, fits, reason)
 
 
@@ -244,7 +254,15 @@ def make_plan(config: ModelConfig, profile: BuildProfile, paths: BuildPaths, mod
         convert_command=convert_command(profile, paths, chosen.tp_size, chosen.pp_size),
         build_command=build_command(profile, paths, chosen.tp_size, chosen.pp_size),
         notes=notes,
+        lora=_lora_of(config, profile, chosen),
     )
+
+
+def _lora_of(config: ModelConfig, profile: BuildProfile, chosen: Candidate) -> dict:
+    if not profile.max_loras:
+        return {}
+    free = profile.gpu.memory_bytes - chosen.weight_bytes_per_gpu - chosen.reserve_bytes_per_gpu
+    return lora_plan.lora_cache(config, profile, chosen.tp_size, chosen.pp_size, free, chosen.kv_budget_bytes_per_gpu)
 
 
 def _total_params(config: ModelConfig) -> int:
@@ -311,7 +329,7 @@ def build_command(profile: BuildProfile, paths: BuildPaths, tp: int, pp: int) ->
         command.append("--gather_context_logits")
     if profile.gather_generation_logits:  # top logprobs (top_logprobs, top_n_tokens) need each new token's row
         command.append("--gather_generation_logits")
-    return command
+    return command + lora_plan.build_flags(profile)
 
 
 def feature_notes(profile: BuildProfile) -> list[str]:
@@ -367,4 +385,4 @@ def check_engine_config(engine_config: dict, plan: Plan) -> list[str]:
                  profile.get("gather_generation_logits", False)))
     problems += [f"build_config.{key} is {built!r}, the plan says {planned!r}"
                  for key, built, planned in features if built != planned]
-    return problems
+    return problems + lora_plan.check_engine(engine_config, plan.lora)

@@ -56,6 +56,12 @@ class BuildProfile:
     max_beam_width: int = 1
     gather_context_logits: bool = False
     gather_generation_logits: bool = False
+    # LoRA (engines/lora_plan.py): adapters the device cache holds at once (0: built without the LoRA plugin),
+    # their largest rank, and TensorRT-LLM's names of the adapted projections
+    max_loras: int = 0
+    max_lora_rank: int = 64
+    lora_target_modules: tuple[str, ...] = ("attn_q", "attn_k", "attn_v", "attn_dense", "mlp_h_to_4h",
+                                            "mlp_4h_to_h", "mlp_gate")
 
     def with_overrides(self, **overrides) -> "BuildProfile":
         """A copy with the given fields replaced (None values are ignored), validated."""
@@ -92,6 +98,23 @@ class BuildProfile:
             raise ProfileError(f"max_beam_width must be between 1 and {MAX_BEAM_WIDTH}, got {self.max_beam_width}")
         if not 0.0 < self.kv_cache_free_gpu_mem_fraction <= 1.0:
             raise ProfileError("kv_cache_free_gpu_mem_fraction must be in (0, 1]")
+        self._validate_lora()
+
+    def _validate_lora(self) -> None:
+        from engines.lora_plan import target_modules
+
+        if self.max_loras < 0 or self.max_lora_rank <= 0:
+            raise ProfileError("max_loras must be >= 0 and max_lora_rank positive")
+        if not self.max_loras:
+            return
+        try:
+            target_modules(self.lora_target_modules)
+        except ValueError as exc:
+            raise ProfileError(str(exc)) from None
+        if self.dtype != "float16":
+            raise ProfileError(
+                f"LoRA needs --dtype float16: the backend's lora_weights input is FP16 and TensorRT-LLM requires "
+                f"adapter weights in the engine's dtype (this profile builds {self.dtype})")
 
     def to_dict(self) -> dict:
         return asdict(self)

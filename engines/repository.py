@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engines import contract
@@ -233,6 +233,7 @@ class TrtllmSettings:
     trtllm_version: str = "0.12.0"  # engines.plan.TRTLLM_VERSION, the release the plan's commands are for
     # Where the backend finds xgrammar's tokenizer info for guided decoding (releases from 0.19.0 on).
     xgrammar_tokenizer_info_path: str = "/models/model_repository/tensorrt_llm/1/xgrammar_tokenizer_info.json"
+    lora_cache: dict = field(default_factory=dict)  # the plan's LoRA cache (engines/lora_plan.py); empty: no LoRA
 
     def parameters(self) -> dict[str, str]:
         def flag(value: bool) -> str:
@@ -242,7 +243,9 @@ class TrtllmSettings:
         if supports_guided_decoding(self.trtllm_version):
             guided = {"guided_decoding_backend": "xgrammar",
                       "xgrammar_tokenizer_info_path": self.xgrammar_tokenizer_info_path}
-        return {**guided,
+        from engines.lora_plan import backend_parameters
+
+        return {**guided, **backend_parameters(self.lora_cache),
             "gpt_model_type": "inflight_fused_batching",
             "gpt_model_path": self.gpt_model_path,
             "batch_scheduler_policy": self.batch_scheduler_policy,
