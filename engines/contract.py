@@ -141,6 +141,7 @@ class GenerationRequest:
     lora_task_id: int | None = None
     lora_weights: np.ndarray | None = None  # [rows, D·Hi + Ho·D] FP16
     lora_config: np.ndarray | None = None  # [rows, 3] INT32: module id, layer, adapter size
+    model: str | None = None  # the gateway's: the requested model id (an adapter name picks a LoRA); not sent
 
 
 @dataclass

@@ -5,7 +5,7 @@ import hashlib
 import json
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 
 from fastapi import FastAPI
@@ -20,9 +20,10 @@ from server.embeddings import load_embeddings
 from server.engine_features import EngineFeatures
 from server.admission import body_size_check, in_flight_check, key_limits_check
 from server.limits import LocalLimiter
+from server.lora import LoraEngineClient, load_adapters
 from server.middleware import Check, GatewayMiddleware, api_key_check
 from server.openapi import document_error_statuses
-from server.routes import chat, completions, embeddings, health, models, sagemaker, tgi, tokenize
+from server.routes import chat, completions, embeddings, health, lora, models, sagemaker, tgi, tokenize
 from server.settings import Settings
 from server.surrogates import CHECK as REJECT_LONE_SURROGATES
 from server.tokenizer import Tokenizer
@@ -39,9 +40,10 @@ class ServedModel:
     fingerprint: str | None = None  # system_fingerprint: changes when the artifact or the server changes
     engine: str = "portable"  # the artifact's target: "portable" or "trtllm" (what constrained decoding can use)
     features: EngineFeatures = EngineFeatures()  # logits rows and beams the engine returns (engine_features.py)
+    adapters: object = field(default=None, compare=False)  # server.lora.AdapterRegistry: LoRA adapters by name
 
     def answers_to(self, name: str) -> bool:
-        return name == self.name or name in self.aliases
+        return name == self.name or name in self.aliases or (self.adapters is not None and name in self.adapters)
 
 
 def system_fingerprint(manifest) -> str:
@@ -81,7 +83,10 @@ def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> 
         raise ValueError("no API keys: set INGOT_API_KEYS or INGOT_API_KEYS_FILE "
                          "(or INGOT_ALLOW_ANONYMOUS=1 to serve without auth)")
     model, tokenizer = load_model(settings)
-    engine = engine or TritonEngineClient(settings.triton_url, keepalive_s=settings.triton_keepalive_s)
+    adapters = load_adapters(settings, model.name)
+    model = replace(model, adapters=adapters)
+    triton = engine or TritonEngineClient(settings.triton_url, keepalive_s=settings.triton_keepalive_s)
+    engine = LoraEngineClient(triton, adapters)
     limiter = make_limiter(settings)
     usage_log = UsageLog(settings.usage_log) if settings.usage_log else None
 
@@ -104,6 +109,7 @@ def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> 
     app.state.settings, app.state.keys, app.state.metrics = settings, keys, Metrics()
     app.state.model, app.state.tokenizer, app.state.engine = model, tokenizer, engine
     app.state.drain = drain
+    app.state.adapters, app.state.admin_key = adapters, lora.admin_key(settings)
     app.state.embeddings = load_embeddings(settings.artifact_dir, settings.triton_url)
     install_error_handlers(app)
 
@@ -115,7 +121,7 @@ def create_app(settings: Settings, engine: TritonEngineClient | None = None) -> 
     app.add_middleware(GatewayMiddleware, checks=checks, metrics=metrics)
 
     for router in (health.router, models.router, chat.router, completions.router, embeddings.router,
-                   tgi.router, tokenize.router, sagemaker.router):
+                   tgi.router, tokenize.router, sagemaker.router, lora.router):
         app.include_router(router)
     document_error_statuses(app)
     return app

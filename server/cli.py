@@ -25,6 +25,11 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float, default=None, metavar="S",
                         help="on SIGTERM/SIGINT, how long running requests may go on while new ones get 503 "
                              "(INGOT_DRAIN_TIMEOUT, default 30)")
+    parser.add_argument("--lora", action="append", default=[], metavar="NAME=PATH",
+                        help="serve a PEFT LoRA adapter (a folder or s3:// prefix) as model NAME; repeatable "
+                             "(INGOT_LORA_MODULES=NAME=PATH,...)")
+    parser.add_argument("--admin-key-file", default=None, help="file whose first line is the admin key of "
+                        "/v1/load_lora_adapter and /v1/unload_lora_adapter (INGOT_ADMIN_KEY_FILE, or INGOT_ADMIN_KEY)")
 
 
 def tls_overrides(args: argparse.Namespace) -> dict:
@@ -40,6 +45,18 @@ def gateway_overrides(args: argparse.Namespace) -> dict:
     return {"request_timeout_s": args.request_timeout, "first_token_timeout_s": args.first_token_timeout,
             "drain_timeout_s": args.drain_timeout,
             "workers": getattr(args, "workers", None) or getattr(args, "gateway_workers", None)}
+
+
+def lora_overrides(args: argparse.Namespace) -> dict:
+    """--lora and --admin-key-file as Settings fields (flags win over INGOT_LORA_MODULES / INGOT_ADMIN_KEY_FILE)."""
+    from server.lora import parse_lora_modules
+
+    overrides = {}
+    if getattr(args, "lora", None):
+        overrides["lora_modules"] = tuple(parse_lora_modules(args.lora).items())
+    if getattr(args, "admin_key_file", None):
+        overrides["admin_key_file"] = Path(args.admin_key_file)
+    return overrides
 
 
 def run_gateway(settings) -> None:
@@ -66,7 +83,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     settings = Settings.from_env(artifact_dir=Path(args.artifact) if args.artifact else None,
                                  triton_url=args.triton_url, host=args.host, port=args.port,
                                  served_model_name=args.served_model_name, max_model_len=args.max_model_len,
-                                 **tls_overrides(args), **gateway_overrides(args))
+                                 **tls_overrides(args), **gateway_overrides(args), **lora_overrides(args))
     run_gateway(settings)
     return 0
 
@@ -99,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--embedding-model", default=None,
                        help="also serve /v1/embeddings: a sentence-transformers folder or all-MiniLM-L6-v2")
     serve.add_argument("--gateway-workers", type=int, default=None, metavar="N", help=WORKERS_HELP)
+
+
+    serve.add_argument("--max-loras", type=int, default=None,
+                       help="LoRA adapters the engine holds on the device at once (default: 4 with --lora or an "
+                            "admin key, else 0: no adapters)")
+    serve.add_argument("--max-lora-rank", type=int, default=16, help="the largest adapter rank served (default 16)")
     _gateway_args(serve)
     serve.set_defaults(func=cmd_serve)
 

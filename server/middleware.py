@@ -59,9 +59,13 @@ Check = Callable[[Admission], Awaitable[None]]
 KEYED_PATHS = frozenset({"/", "/generate", "/generate_stream", "/invocations", "/tokenize", "/detokenize"})
 
 
+# the admin key's routes (server/routes/lora.py), not a user's
+ADMIN_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
+
+
 def is_keyed(path: str) -> bool:
     """Routes that take the API key, and so count against its limits."""
-    return path.startswith("/v1") or path in KEYED_PATHS
+    return (path.startswith("/v1") or path in KEYED_PATHS) and path not in ADMIN_PATHS
 
 
 def api_key_check(keys: KeyStore) -> Check:

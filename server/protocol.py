@@ -240,6 +240,8 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "ingot"
     max_model_len: int | None = None
+    root: str | None = None
+    parent: str | None = None  # a LoRA adapter's base model (vLLM's field)
 
 
 class ModelList(BaseModel):

@@ -71,6 +71,7 @@ def plan_generation(fields: SamplingFields, prompt_ids: list[int], tokenizer: To
         return_log_probs=return_log_probs,
         logit_bias=parse_logit_bias(fields.logit_bias, tokenizer.vocab_size),
         vocab_size=tokenizer.vocab_size,
+        model=getattr(fields, "model", None),  # an adapter's name: server/lora.py adds its task id
     )
     return GenerationPlan(request, fields.stop_strings(), fields.skip_special_tokens)
 

@@ -37,6 +37,10 @@ class Settings:
     triton_keepalive_s: float = 30.0  # gRPC keepalive pings toward Triton while requests are open; 0: none
     drain_timeout_s: float = 30.0  # on SIGTERM/SIGINT: how long running streams may go on before they are ended
     workers: int | None = None  # gateway processes; None: half the cores (server.workers.default_workers)
+    # LoRA adapters loaded at start (name, PEFT folder or s3:// prefix) and the admin key of the load/unload routes
+    lora_modules: tuple[tuple[str, str], ...] = ()
+    admin_key: str | None = field(default=None, repr=False)
+    admin_key_file: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("request_timeout_s", "first_token_timeout_s", "triton_keepalive_s", "drain_timeout_s"):
@@ -76,6 +80,9 @@ class Settings:
             "triton_keepalive_s": _seconds(env, "INGOT_TRITON_KEEPALIVE", cls.triton_keepalive_s),
             "drain_timeout_s": _seconds(env, "INGOT_DRAIN_TIMEOUT", cls.drain_timeout_s),
             "workers": int(env["INGOT_GATEWAY_WORKERS"]) if env.get("INGOT_GATEWAY_WORKERS") else None,
+            "lora_modules": _lora_modules(env.get("INGOT_LORA_MODULES", "")),
+            "admin_key": env.get("INGOT_ADMIN_KEY") or None,
+            "admin_key_file": Path(env["INGOT_ADMIN_KEY_FILE"]) if env.get("INGOT_ADMIN_KEY_FILE") else None,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         if values["artifact_dir"] is None:
@@ -99,3 +106,10 @@ def _seconds(env, name: str, default: float) -> float:
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"{name}={raw!r}: expected a finite number of seconds, 0 or more")
     return value
+
+
+def _lora_modules(text: str) -> tuple[tuple[str, str], ...]:
+    """INGOT_LORA_MODULES: NAME=PATH items separated by commas."""
+    from server.lora import parse_lora_modules
+
+    return tuple(parse_lora_modules([item for item in text.split(",") if item.strip()]).items())

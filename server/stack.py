@@ -60,6 +60,25 @@ def prepare_artifact(args, work_dir: Path, reporter: Reporter) -> Path:
     return artifact
 
 
+def prepare_loras(args, artifact: Path, work_dir: Path, reporter: Reporter) -> Path:
+    """With --lora (or an admin key, for adapters loaded at run time), an overlay of the artifact whose engine
+    serves adapters (max_loras) and loads the --lora ones at start (engines/lora_artifact.py)."""
+    from engines.lora_artifact import fetch_adapter, lora_overlay
+    from server.lora import parse_lora_modules
+
+    adapters = parse_lora_modules(getattr(args, "lora", None) or [])
+    admin = os.environ.get("INGOT_ADMIN_KEY") or os.environ.get("INGOT_ADMIN_KEY_FILE") or args.admin_key_file
+    max_loras = args.max_loras if args.max_loras is not None else (4 if adapters or admin else 0)
+    if not max_loras:
+        if adapters:
+            raise ValueError("--lora needs --max-loras above 0")
+        return artifact
+    with reporter.step(f"adapters: {', '.join(adapters) or 'none yet'} (max_loras {max_loras})"):
+        local = {name: fetch_adapter(source, work_dir / "loras") for name, source in adapters.items()}
+        return lora_overlay(artifact, work_dir / "lora-artifacts" / artifact.name, local, max_loras,
+                            args.max_lora_rank)
+
+
 def check_port_free(host: str, port: int) -> None:
     """Fail in a second, not after minutes of loading, when the gateway's port is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -75,7 +94,7 @@ def check_port_free(host: str, port: int) -> None:
 
 def serve_stack(args) -> int:
     from server.announce import announce_when_listening, announcement, client_url
-    from server.cli import gateway_overrides, run_gateway, tls_overrides
+    from server.cli import gateway_overrides, lora_overrides, run_gateway, tls_overrides
     from server.settings import Settings
 
     started = time.monotonic()
@@ -85,6 +104,7 @@ def serve_stack(args) -> int:
     check_port_free(host, port)
     work_dir = Path(args.work_dir).resolve()
     artifact = prepare_artifact(args, work_dir, reporter)
+    artifact = prepare_loras(args, artifact, work_dir, reporter)
     overrides = {}
     if not (os.environ.get("INGOT_API_KEYS") or os.environ.get("INGOT_API_KEYS_FILE")):
         if host not in LOOPBACK:
@@ -100,7 +120,8 @@ def serve_stack(args) -> int:
             triton = supervisor.start(grpc_port=args.triton_grpc_port, on_stage=stage)
         settings = Settings.from_env(artifact_dir=artifact, triton_url=triton.grpc_url, host=host, port=port,
                                      served_model_name=args.served_model_name, max_model_len=args.max_model_len,
-                                     **overrides, **tls_overrides(args), **gateway_overrides(args))
+                                     **overrides, **tls_overrides(args), **gateway_overrides(args),
+                                     **lora_overrides(args))
         model = settings.served_model_name or read_manifest(artifact).model_name
         base_url = client_url(settings.host, settings.port)
         demo_key = overrides.get("api_keys", (None,))[0]

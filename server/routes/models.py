@@ -15,6 +15,9 @@ def _cards(request: Request) -> list[ModelCard]:
     if embeddings is not None:
         spec = embeddings.spec
         cards.append(ModelCard(id=spec.model_name, created=model.created, max_model_len=spec.max_input_tokens))
+    for adapter in request.app.state.adapters.list():
+        cards.append(ModelCard(id=adapter.name, created=adapter.created, max_model_len=model.max_model_len,
+                               root=adapter.name, parent=model.name))
     return cards
 
 
