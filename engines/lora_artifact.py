@@ -59,7 +59,8 @@ def fetch_adapter(source: str, cache_dir: Path, endpoint_url: str | None = None)
     return local
 
 
-def lora_overlay(artifact: Path, out: Path, adapters: dict[str, Path], max_loras: int, max_lora_rank: int) -> Path:
+def lora_overlay(artifact: Path, out: Path, adapters: dict[str, Path], max_loras: int, max_lora_rank: int,
+                 extra_parameters: dict[str, str] | None = None) -> Path:
     """An artifact serving `adapters` on top of a portable one, without touching it: `out` links every file of
     `artifact` but the `tensorrt_llm` model's config.pbtxt (rewritten with max_loras / max_lora_rank) and its
     `loras/` folder (the artifact's own adapters plus `adapters`), and a manifest listing them all."""
@@ -80,10 +81,12 @@ def lora_overlay(artifact: Path, out: Path, adapters: dict[str, Path], max_loras
     source, target = ArtifactPaths(artifact), ArtifactPaths(out)
     _link_tree(artifact, out, skip={source.model_dir, source.manifest})
     config = parse_config_pbtxt((source.model_dir / "config.pbtxt").read_text())
-    parameters = {key: value.string_value for key, value in config.parameters.items()}
-    config.parameters["max_loras"].string_value = str(max(max_loras, int(parameters.get("max_loras", 0))))
-    config.parameters["max_lora_rank"].string_value = str(max(max_lora_rank, int(parameters.get("max_lora_rank", 0))))
+    current = {key: value.string_value for key, value in config.parameters.items()}
+    config.parameters["max_loras"].string_value = str(max(max_loras, int(current.get("max_loras", 0))))
+    config.parameters["max_lora_rank"].string_value = str(max(max_lora_rank, int(current.get("max_lora_rank", 0))))
     config.parameters["lora_dir"].string_value = "loras"
+    for key, value in (extra_parameters or {}).items():  # e.g. lora_cache_host_memory_bytes
+        config.parameters[key].string_value = str(value)
     _link_tree(source.model_dir, target.model_dir, skip={source.model_dir / "config.pbtxt",
                                                          source.model_dir / "1" / "loras"})
     (target.model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))

@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from engines.lora_artifact import lora_overlay
+from engines.lora_format import read_peft_adapter
 from engines.targets.portable import build_portable
 from server.tokenizer import Tokenizer
 from tests.conftest import TEST_API_KEY, TEST_SETTINGS, start_gateway
@@ -30,7 +31,8 @@ def adapters(demo_checkpoints, tmp_path_factory):
     return {"support-bot": make_adapter(base, root / "a", 21, 8, 16, False, ALL_MODULES),
             "sql-writer": make_adapter(base, root / "b", 22, 4, 8, True, ["q_proj", "v_proj", "down_proj"]),
             # loaded at run time, so sent as TensorRT-LLM's FP16 tensors: fp16-exact, scaling 2
-            "late": make_adapter(base, root / "c", 23, 4, 8, False, ALL_MODULES, fp16_exact=True)}
+            "late": make_adapter(base, root / "c", 23, 4, 8, False, ALL_MODULES, fp16_exact=True),
+            "later": make_adapter(base, root / "d", 24, 4, 8, False, ALL_MODULES, fp16_exact=True)}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,10 @@ def stack(demo_checkpoints, adapters, triton_server_factory, tmp_path_factory):
     root = tmp_path_factory.mktemp("lora-stack")
     build_portable(demo_checkpoints["llama"], root / "demo-llama", TEST_SETTINGS, model_name="demo-llama")
     served = {name: adapters[name] for name in ("support-bot", "sql-writer")}
-    overlay = lora_overlay(root / "demo-llama", root / "overlay", served, max_loras=2, max_lora_rank=8)
+    # the engine's cache of adapters sent with requests holds one of "late" and "later" at a time
+    host_cache = int(read_peft_adapter(adapters["late"]).nbytes * 1.5)
+    overlay = lora_overlay(root / "demo-llama", root / "overlay", served, max_loras=2, max_lora_rank=8,
+                           extra_parameters={"lora_cache_host_memory_bytes": host_cache})
     triton = triton_server_factory(overlay / "model_repository")
     process, base_url = start_gateway(overlay, triton.grpc_url, root / "gateway.log",
                                       extra_env={"INGOT_ADMIN_KEY": ADMIN_KEY})
@@ -113,9 +118,79 @@ def test_admin_routes_load_and_unload_with_the_admin_key_only(stack, adapters, r
         assert text == tokenizer.decode(reference.greedy("late", prompt, TOKENS))
     assert "late" in [card.id for card in client.models.list().data]
 
+    # "later" evicts "late" from the engine's host cache: the engine answers "not found in cache" and the
+    # gateway sends the weights again, unseen by the client
+    body = {"lora_name": "later", "lora_path": str(adapters["later"])}
+    assert httpx.post(url, json=body, headers=admin, timeout=120).status_code == 200
+    for model in ("later", "late", "later"):
+        text = client.completions.create(model=model, prompt=prompt, max_tokens=TOKENS, temperature=0,
+                                         extra_body={"ignore_eos": True}).choices[0].text
+        assert text == tokenizer.decode(reference.greedy(model, prompt, TOKENS)), model
+
     unload = f"{base_url}/v1/unload_lora_adapter"
     assert httpx.post(unload, json={"lora_name": "late"}, headers=admin, timeout=60).status_code == 200
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="late", prompt=prompt, max_tokens=2)
     gone = httpx.post(unload, json={"lora_name": "late"}, headers=admin, timeout=60)
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "lora_adapter_not_found"
+
+
+def test_serve_command_takes_adapters_from_folders_and_s3(adapters, reference, tmp_path, monkeypatch):
+    """`ingot serve --lora NAME=PATH`: a local folder and an S3 prefix (moto in server mode), same answers."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from moto.server import ThreadedMotoServer
+
+    from engines import artifacts
+    from engines.triton.launcher import free_port
+    from server.stack import DEMO_API_KEY
+    from tests.conftest import ROOT
+
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    s3.start()
+    host, s3_port = s3.get_host_and_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INGOT_API_KEYS", "INGOT_ADMIN", "AWS_"))}
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing-secret", AWS_DEFAULT_REGION="us-east-1",
+               AWS_ENDPOINT_URL=f"http://{host}:{s3_port}")
+    for name, value in env.items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    client = artifacts.s3_client(env["AWS_ENDPOINT_URL"])
+    client.create_bucket(Bucket="adapters")
+    for file in adapters["sql-writer"].iterdir():
+        client.upload_file(str(file), "adapters", f"sql-writer/{file.name}")
+    port = free_port()
+    command = [sys.executable, "-m", "server.cli", "serve", "--demo", "llama", "--port", str(port),
+               "--work-dir", str(tmp_path / "work"), "--lora", f"support-bot={adapters['support-bot']}",
+               "--lora", "sql-writer=s3://adapters/sql-writer", "--max-loras", "2", "--max-lora-rank", "8"]
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the stack did not become ready"
+            try:
+                if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        openai_client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=DEMO_API_KEY, max_retries=0)
+        assert {m.id: m.parent for m in openai_client.models.list().data} == {
+            "demo-llama": None, "support-bot": "demo-llama", "sql-writer": "demo-llama"}
+        tokenizer = Tokenizer(tmp_path / "work" / "lora-artifacts" / "demo-llama" / "tokenizer")
+        prompt = prompt_of(9, seed=123)
+        for model in ("support-bot", "sql-writer"):
+            text = openai_client.completions.create(model=model, prompt=prompt, max_tokens=TOKENS, temperature=0,
+                                                    extra_body={"ignore_eos": True}).choices[0].text
+            assert text == tokenizer.decode(reference.greedy(model, prompt, TOKENS)), model
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+        s3.stop()
