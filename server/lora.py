@@ -117,20 +117,23 @@ class LoraEngineClient:
     def __getattr__(self, name):  # is_ready, close, url, ...: the wrapped client's
         return getattr(self.engine, name)
 
-    async def generate(self, request: contract.GenerationRequest,
-                       request_id: str = "") -> AsyncIterator[contract.GenerationChunk]:
+    def generate(self, request: contract.GenerationRequest, request_id: str = "",
+                 deadline: float | None = None) -> AsyncIterator[contract.GenerationChunk]:
+        """The engine's stream itself for the base model (nothing added per token), else the adapter's."""
         name = request.model
         if name is None or name == self.adapters.base_model or name not in self.adapters:
-            async for chunk in self.engine.generate(request, request_id):
-                yield chunk
-            return
+            return self.engine.generate(request, request_id, deadline)
+        return self._generate_adapter(name, request, request_id, deadline)
+
+    async def _generate_adapter(self, name: str, request: contract.GenerationRequest, request_id: str,
+                                deadline: float | None) -> AsyncIterator[contract.GenerationChunk]:
         adapter = self.adapters.get(name)
         if adapter is None:  # unloaded since the route checked the name
             raise APIError(404, f"The model '{name}' does not exist.", "invalid_request_error", "model",
                            "model_not_found")
         request = replace(request, lora_task_id=adapter.task_id)
         send_weights = not adapter.engine_has_it
-        stream, first = await self._first(adapter, request, request_id, send_weights)
+        stream, first = await self._first(adapter, request, request_id, deadline, send_weights)
         try:
             adapter.engine_has_it = True
             yield first
@@ -140,13 +143,13 @@ class LoraEngineClient:
         finally:
             await stream.aclose()
 
-    async def _first(self, adapter: Adapter, request, request_id: str, send_weights: bool):
+    async def _first(self, adapter: Adapter, request, request_id: str, deadline: float | None, send_weights: bool):
         """The stream and its first chunk; resends the weights once when the engine has lost the adapter."""
         for attempt in (0, 1):
             if send_weights:
                 weights, config = await asyncio.to_thread(adapter.tensors)
                 request = replace(request, lora_weights=weights, lora_config=config)
-            stream = self.engine.generate(request, request_id)
+            stream = self.engine.generate(request, request_id, deadline)
             try:
                 return stream, await stream.__anext__()
             except Exception as exc:
