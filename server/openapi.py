@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from server.middleware import is_keyed
+from server.middleware import ADMIN_PATHS, is_keyed
 
 ERROR_SCHEMA = {
     "type": "object", "required": ["error"],
@@ -21,6 +21,7 @@ ERROR_SCHEMA = {
 DESCRIPTIONS = {
     400: "Invalid request: malformed JSON, a field out of range or not Unicode text, a prompt over the context.",
     401: "Missing or wrong API key.",
+    403: "The key may not call this route (the admin routes take the admin key).",
     404: "The model does not exist.",
     422: "Invalid request, in TGI's error shape (TGI's routes).",
     413: "The request body is larger than the server accepts.",
@@ -35,6 +36,8 @@ def error_statuses(path: str, method: str) -> list[int]:
     statuses = []
     if is_keyed(path):
         statuses += [401, 429]
+    if path in ADMIN_PATHS:  # the admin key's routes (server/routes/lora.py)
+        statuses += [401, 403]
     if method in ("post", "put", "patch"):
         statuses.append(413)
     if path.startswith("/v1/"):
