@@ -135,7 +135,7 @@ def test_admin_routes_load_and_unload_with_the_admin_key_only(stack, adapters, r
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "lora_adapter_not_found"
 
 
-def test_serve_command_takes_adapters_from_folders_and_s3(adapters, reference, tmp_path, monkeypatch):
+def test_serve_command_takes_adapters_from_folders_and_s3(demo_checkpoints, adapters, reference, tmp_path, monkeypatch):
     """`ingot serve --lora NAME=PATH`: a local folder and an S3 prefix (moto in server mode), same answers."""
     import os
     import signal
@@ -163,7 +163,9 @@ def test_serve_command_takes_adapters_from_folders_and_s3(adapters, reference, t
     for file in adapters["sql-writer"].iterdir():
         client.upload_file(str(file), "adapters", f"sql-writer/{file.name}")
     port = free_port()
-    command = [sys.executable, "-m", "server.cli", "serve", "--demo", "llama", "--port", str(port),
+    artifact = tmp_path / "demo-llama"  # float32, as the PEFT reference (a CPU with bfloat16 would pick it)
+    build_portable(demo_checkpoints["llama"], artifact, TEST_SETTINGS, model_name="demo-llama")
+    command = [sys.executable, "-m", "server.cli", "serve", "--artifact", str(artifact), "--port", str(port),
                "--work-dir", str(tmp_path / "work"), "--lora", f"support-bot={adapters['support-bot']}",
                "--lora", "sql-writer=s3://adapters/sql-writer", "--max-loras", "2", "--max-lora-rank", "8"]
     log_path = tmp_path / "serve.log"

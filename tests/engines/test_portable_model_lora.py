@@ -41,7 +41,7 @@ def reference(demo_checkpoints, adapters):
 def server(demo_checkpoints, adapters, tmp_path_factory):
     artifact = tmp_path_factory.mktemp("lora-artifact") / "demo-llama"
     settings = PortableSettings(kv_cache_memory_bytes=32 << 20, max_num_seqs=16, max_num_batched_tokens=512,
-                                max_loras=2, max_lora_rank=8)
+                                max_loras=2, max_lora_rank=8, dtype="float32")
     build_portable(demo_checkpoints["llama"], artifact, settings, model_name="demo-llama",
                    loras={"packed": adapters["packed"]})
     server = start_triton(artifact / "model_repository", tmp_path_factory.mktemp("triton"))
