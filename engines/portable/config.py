@@ -95,6 +95,10 @@ class EngineConfig:
     # LoRA: adapters held on the device at once (0: no adapters) and the largest rank they may have
     max_loras: int = 0
     max_lora_rank: int = 16
+    # the per-token LoRA correction: "torch" (masked matmuls over all slots, every device), "triton" (the kernels of
+    # engines/portable/lora_kernels.py: CUDA, ranks a power of two >= 16), or "auto": triton where it can run.
+    # torch stays the default until the kernels' GPU benchmark is recorded.
+    lora_kernel: str = "torch"
 
     def __post_init__(self):
         if self.block_size <= 0 or self.max_num_seqs <= 0:
@@ -104,5 +108,7 @@ class EngineConfig:
                              f"got {self.num_kv_blocks}")
         if self.max_loras < 0 or self.max_lora_rank <= 0:
             raise ValueError("max_loras must be >= 0 and max_lora_rank positive")
+        if self.lora_kernel not in ("auto", "triton", "torch"):
+            raise ValueError(f"lora_kernel must be auto, triton or torch, got {self.lora_kernel!r}")
         if self.max_num_batched_tokens <= 0:
             raise ValueError("max_num_batched_tokens must be positive")

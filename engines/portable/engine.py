@@ -74,7 +74,7 @@ class LLMEngine(BeamSteps, GrammarSteps):
         self.loras: LoraRegistry | None = None
         if engine_config.max_loras:
             self.loras = LoraRegistry(model_config, engine_config.max_loras, engine_config.max_lora_rank,
-                                      torch.device(engine_config.device), dtype)
+                                      torch.device(engine_config.device), dtype, engine_config.lora_kernel)
             model.lora = self.loras.slots
 
     @classmethod

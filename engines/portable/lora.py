@@ -76,8 +76,9 @@ class LoraSlots:
     """The device side: `max_loras` slots of every layer's A and B, and which adapter holds which slot."""
 
     def __init__(self, model: ModelConfig, max_loras: int, max_rank: int, device: torch.device,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, kernel: str = "torch"):
         self.max_loras, self.max_rank = max_loras, max_rank
+        self.uses_kernel = _use_kernel(kernel, device, max_rank)
         shapes = _shapes(model)
         self.layers: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
         for _ in range(model.num_layers):
@@ -91,7 +92,7 @@ class LoraSlots:
             self.layers.append(layer)
         self.column_slot = {projection: torch.arange(max_loras, device=device).repeat_interleave(
             len(modules) * max_rank) for projection, modules in PROJECTIONS.items()}
-        self._row_offsets = {projection: list(itertools.accumulate([shapes[m][1] for m in modules], initial=0))
+        self.row_offsets = {projection: list(itertools.accumulate([shapes[m][1] for m in modules], initial=0))
                              for projection, modules in PROJECTIONS.items()}
         self.holder: OrderedDict[int, LoraAdapter] = OrderedDict()  # slot -> adapter, least recently used first
 
@@ -121,7 +122,7 @@ class LoraSlots:
         for index, layer in enumerate(self.layers):
             for projection, modules in PROJECTIONS.items():
                 a_all, b_all = layer[projection]
-                offsets = self._row_offsets[projection]
+                offsets = self.row_offsets[projection]
                 for sub, module in enumerate(modules):
                     start = (slot * len(modules) + sub) * rank
                     a_all[start:start + rank].zero_()
@@ -133,6 +134,17 @@ class LoraSlots:
                     a_all[start:start + a.shape[0]].copy_(a)
                     b_all[offsets[sub]:offsets[sub + 1], start:start + a.shape[0]].copy_(b)
 
+    def add_delta(self, layer: int, projection: str, x: torch.Tensor, out: torch.Tensor,
+                  token_slots: torch.Tensor) -> torch.Tensor:
+        """`out` (the projection of x) plus each token's correction: in place by the Triton kernels on CUDA."""
+        if not self.uses_kernel or out.stride(-1) != 1:
+            return out + self.delta(layer, projection, x, token_slots)
+        from engines.portable.lora_kernels import add_lora
+
+        a_all, b_all = self.layers[layer][projection]
+        return add_lora(out, x, a_all, b_all, token_slots, self.max_loras, len(PROJECTIONS[projection]),
+                        self.max_rank, self.row_offsets[projection])
+
     def delta(self, layer: int, projection: str, x: torch.Tensor, token_slots: torch.Tensor) -> torch.Tensor:
         """The LoRA correction of projection `projection` of `layer` for tokens x [T, in] of slots [T]."""
         a_all, b_all = self.layers[layer][projection]
@@ -141,14 +153,28 @@ class LoraSlots:
         return (hidden * mask) @ b_all.t()
 
 
+def _use_kernel(kernel: str, device: torch.device, max_rank: int) -> bool:
+    """Whether the Triton kernels compute the corrections; "triton" where they cannot run is an error."""
+    if kernel == "torch":
+        return False
+    from engines.portable import kernels
+
+    reason = kernels.unavailable_reason() if device.type == "cuda" else "the device is not CUDA"
+    if reason is None and not (max_rank >= 16 and max_rank & (max_rank - 1) == 0):  # tl.dot's smallest tile
+        reason = f"max_lora_rank {max_rank} is not a power of two of at least 16"
+    if kernel == "triton" and reason is not None:
+        raise ValueError(f"lora_kernel=triton: {reason}")
+    return reason is None
+
+
 class LoraRegistry:
     """Adapters by name (host memory) and their device slots."""
 
     def __init__(self, model: ModelConfig, max_loras: int, max_rank: int, device: torch.device,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, kernel: str = "torch"):
         self.model, self.max_rank = model, max_rank
         self.adapters: dict[str, LoraAdapter] = {}
-        self.slots = LoraSlots(model, max_loras, max_rank, device, dtype)
+        self.slots = LoraSlots(model, max_loras, max_rank, device, dtype, kernel)
 
     @property
     def max_loras(self) -> int:

@@ -31,7 +31,7 @@ class CausalLM:
         """A projection's output plus each token's LoRA correction (none for the base, slot -1)."""
         if self.lora is None or token_slots is None:
             return out
-        return out + self.lora.delta(index, name, x, token_slots)
+        return self.lora.add_delta(index, name, x, out, token_slots)
 
     def _attention(self, index: int, layer: dict, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                    cache: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor | None) -> torch.Tensor:
