@@ -1,14 +1,16 @@
 """The serving path's robustness in numbers, on any machine: `ingot serve` on the demo model, driven as a user
 (and an operator) would drive it.
 
-    python -m benchmarks.robustness --out benchmarks/results/robustness_cpu [--disconnects 400] [--cycles 20]
+    python -m benchmarks.robustness --out benchmarks/results/robustness_cpu [--disconnects 400] [--streams 500] [--cycles 20]
 
-Three measurements, each a count or a time, never a pass/fail of its own (the tests assert; this records):
+Four measurements, each a count or a time, never a pass/fail of its own (the tests assert; this records):
 
 - disconnects: N clients (streaming and not, chat and completions) each start a long generation, and leave
   (close the socket) once it is under way; then the engine's running-requests gauge on Triton's metrics
   endpoint is read: how many requests still generate 1 s after the last client left, and when the count
   reached zero. KV blocks free against total are read at the end.
+- streams: M concurrent streams, each greedy with its tokens forced by logit_bias: how many are lost (no
+  `[DONE]`, an error, or not all their tokens) and how many carry text other than their own request's.
 - kill: tritonserver is killed (SIGKILL) with streams in flight: how those streams end (an error event and
   `[DONE]`, or cut), and how long until the stack answers a completion again.
 - cycles: `ingot serve` is started, given streams some of whose clients leave, and stopped with SIGINT while
@@ -210,6 +212,55 @@ async def disconnects(serve: Serve, count: int) -> dict:
             "total_kv_blocks": serve.engine_gauge("ingot_engine_total_kv_blocks")}
 
 
+# ---- many streams at once: none lost, none mixed
+
+def marked_body(index: int, stream: bool) -> dict:
+    """A greedy completion whose every token is forced by logit_bias (+100 on one token of its own): the
+    answer does not depend on batching or numerics, so a token of another request cannot pass unseen."""
+    body = {"model": MODEL, "prompt": f"Request {index}:", "max_tokens": 16, "ignore_eos": True, "temperature": 0,
+            "logit_bias": {str(100 + index % 500): 100}, "stream": stream}
+    return {**body, "stream_options": {"include_usage": True}} if stream else body
+
+
+async def concurrent_streams(serve: Serve, count: int) -> dict:
+    limits = httpx.Limits(max_connections=count + 8, max_keepalive_connections=count + 8)
+    async with httpx.AsyncClient(base_url=serve.base_url, headers=HEADERS, timeout=900, limits=limits) as client:
+        async def one(index: int) -> dict:
+            text, done, tokens, error = [], False, None, None
+            try:
+                async with client.stream("POST", "/v1/completions", json=marked_body(index, True)) as response:
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data: "):
+                            continue
+                        if line == "data: [DONE]":
+                            done = True
+                            continue
+                        event = json.loads(line[6:])
+                        error = error or event.get("error")
+                        text += [choice["text"] for choice in event.get("choices", [])]
+                        tokens = (event.get("usage") or {}).get("completion_tokens", tokens)
+            except httpx.HTTPError as exc:
+                error = repr(exc)
+            return {"text": "".join(text), "done": done, "tokens": tokens, "error": error}
+
+        started = time.monotonic()
+        results = await asyncio.gather(*(one(i) for i in range(count)))
+        wall = time.monotonic() - started
+        # The same requests, not streamed, a few at a time: what each stream had to say.
+        gate = asyncio.Semaphore(16)
+
+        async def alone(index: int) -> str:
+            async with gate:
+                response = await client.post("/v1/completions", json=marked_body(index, False))
+                return response.json()["choices"][0]["text"]
+
+        expected = await asyncio.gather(*(alone(i) for i in range(count)))
+    lost = [i for i, r in enumerate(results) if not r["done"] or r["error"] or r["tokens"] != 16]
+    mixed = [i for i, r in enumerate(results) if i not in lost and r["text"] != expected[i]]
+    return {"streams": count, "wall_s": round(wall, 1), "lost": len(lost), "mixed": len(mixed),
+            "lost_examples": [results[i] for i in lost[:3]], "mixed_examples": mixed[:5]}
+
+
 # ---- tritonserver killed mid-stream
 
 def kill_mid_stream(serve: Serve, streams: int = 4) -> dict:
@@ -288,6 +339,7 @@ class Report:
     command: str
     machine: dict
     disconnects: dict = field(default_factory=dict)
+    streams: dict = field(default_factory=dict)
     kill: dict = field(default_factory=dict)
     cycles: list = field(default_factory=list)
 
@@ -310,6 +362,10 @@ def markdown(report: Report) -> str:
                   f"{d['running_1s_after_last_left']:.0f} requests still generating 1 s after the last left; "
                   f"zero after {d['running_reached_zero_after_s']:.2f} s; KV blocks free {d['free_kv_blocks']:.0f} "
                   f"of {d['total_kv_blocks']:.0f} |"]
+    if report.streams:
+        st = report.streams
+        lines += [f"| {st['streams']} concurrent streams (16 tokens each, forced by logit_bias) | {st['lost']} lost, "
+                  f"{st['mixed']} mixed with another request's tokens; all done in {st['wall_s']} s |"]
     if k:
         lines += [f"| tritonserver killed (SIGKILL) with {k['streams']} streams in flight | streams ended: "
                   f"{', '.join(k['endings'])}; serving again after {k['serving_again_after_s']:.1f} s |"]
@@ -324,18 +380,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for robustness.json and robustness.md")
     parser.add_argument("--disconnects", type=int, default=400)
     parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--streams", type=int, default=500, help="concurrent streams checked for loss and mixing")
     parser.add_argument("--skip-kill", action="store_true")
     args = parser.parse_args(argv)
     report = Report(command="python -m benchmarks.robustness " + " ".join(argv or sys.argv[1:]), machine=machine())
     with tempfile.TemporaryDirectory(prefix="ingot-robustness-") as tmp:
         root = Path(tmp)
-        if args.disconnects or not args.skip_kill:
+        if args.disconnects or args.streams or not args.skip_kill:
             serve = Serve.start(root / "main")
             try:
                 serve.wait_serving()
                 if args.disconnects:
                     report.disconnects = asyncio.run(disconnects(serve, args.disconnects))
                     print(json.dumps(report.disconnects), flush=True)
+                if args.streams:
+                    report.streams = asyncio.run(concurrent_streams(serve, args.streams))
+                    print(json.dumps(report.streams), flush=True)
                 if not args.skip_kill:
                     report.kill = kill_mid_stream(serve)
                     print(json.dumps(report.kill), flush=True)
