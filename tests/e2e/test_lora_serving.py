@@ -17,6 +17,7 @@ from engines.targets.portable import build_portable
 from server.tokenizer import Tokenizer
 from tests.conftest import TEST_API_KEY, TEST_SETTINGS, start_gateway
 from tests.lora_adapters import ALL_MODULES, PeftReference, make_adapter
+from tests.e2e.serve_process import start_serve, wait_ready
 from tests.portable.conftest import prompt_of
 
 pytestmark = pytest.mark.e2e
@@ -139,15 +140,11 @@ def test_serve_command_takes_adapters_from_folders_and_s3(demo_checkpoints, adap
     """`ingot serve --lora NAME=PATH`: a local folder and an S3 prefix (moto in server mode), same answers."""
     import os
     import signal
-    import sys
-    import time
 
     from moto.server import ThreadedMotoServer
 
     from engines import artifacts
-    from engines.triton.launcher import free_port
     from server.stack import DEMO_API_KEY
-    from tests.conftest import ROOT
 
     s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     s3.start()
@@ -162,27 +159,13 @@ def test_serve_command_takes_adapters_from_folders_and_s3(demo_checkpoints, adap
     client.create_bucket(Bucket="adapters")
     for file in adapters["sql-writer"].iterdir():
         client.upload_file(str(file), "adapters", f"sql-writer/{file.name}")
-    port = free_port()
     artifact = tmp_path / "demo-llama"  # float32, as the PEFT reference (a CPU with bfloat16 would pick it)
     build_portable(demo_checkpoints["llama"], artifact, TEST_SETTINGS, model_name="demo-llama")
-    command = [sys.executable, "-m", "server.cli", "serve", "--artifact", str(artifact), "--port", str(port),
-               "--work-dir", str(tmp_path / "work"), "--lora", f"support-bot={adapters['support-bot']}",
-               "--lora", "sql-writer=s3://adapters/sql-writer", "--max-loras", "2", "--max-lora-rank", "8"]
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}"
+    process, base_url, log_path = start_serve(
+        tmp_path, "--artifact", str(artifact), "--lora", f"support-bot={adapters['support-bot']}",
+        "--lora", "sql-writer=s3://adapters/sql-writer", "--max-loras", "2", "--max-lora-rank", "8", env=env)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert process.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the stack did not become ready"
-            try:
-                if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_ready(process, base_url, log_path, timeout=300)
         openai_client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=DEMO_API_KEY, max_retries=0)
         assert {m.id: m.parent for m in openai_client.models.list().data} == {
             "demo-llama": None, "support-bot": "demo-llama", "sql-writer": "demo-llama"}

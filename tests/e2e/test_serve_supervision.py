@@ -4,32 +4,22 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from engines.triton.launcher import free_port
 from engines.triton.processes import alive, cmdline, descendants
 from server.stack import DEMO_API_KEY
-from tests.conftest import ROOT
+from tests.e2e import serve_process
 
 pytestmark = pytest.mark.e2e
 HEADERS = {"Authorization": f"Bearer {DEMO_API_KEY}"}
 
 
 def start_serve(tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGOT_API_KEYS")}
-    log_path = tmp_path / "serve.log"
-    command = [sys.executable, "-m", "server.cli", "serve", "--demo", "llama", "--port", str(port),
-               "--work-dir", str(tmp_path / "work")]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return process, f"http://127.0.0.1:{port}", log_path
+    return serve_process.start_serve(tmp_path, "--demo", "llama")
 
 
 def completion(base_url: str, max_tokens: int = 4) -> httpx.Response:
