@@ -1,15 +1,30 @@
-"""Reference outputs for the end-to-end tests: transformers' greedy decoding of the demo model."""
+"""Shared fixtures of the end-to-end tests: the openai client and tokenizer of the demo stack (`ingot_stack`), and
+reference outputs (transformers' greedy decoding of the demo model). A module against another stack (embeddings, the
+real model, tools) defines its own `client`/`tokenizer`, which overrides these."""
 from __future__ import annotations
 
 import json
 import shutil
 
+import openai
 import pytest
 
 from engines.repository import PortableSettings
 from engines.targets.portable import build_portable
+from server.tokenizer import Tokenizer
 
 LONG_CONTEXT = 32768
+
+
+@pytest.fixture(scope="module")
+def client(ingot_stack):
+    """The official openai client on the demo stack, without retries so every error reaches the test."""
+    return openai.OpenAI(base_url=f"{ingot_stack.base_url}/v1", api_key=ingot_stack.api_key, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(ingot_stack):
+    return Tokenizer(ingot_stack.tokenizer_dir)
 
 
 @pytest.fixture(scope="session")

@@ -14,11 +14,6 @@ from tests.conftest import start_gateway
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def client(ingot_stack):
-    return openai.OpenAI(base_url=f"{ingot_stack.base_url}/v1", api_key=ingot_stack.api_key, max_retries=0)
-
-
 def test_max_tokens_beyond_the_context_is_a_400_with_the_numbers(client, ingot_stack):
     # The demo model holds 512 tokens; OpenAI and vLLM refuse rather than cap silently.
     with pytest.raises(openai.BadRequestError) as caught:

@@ -6,19 +6,8 @@ import openai
 import pytest
 import torch
 
-from server.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def tokenizer(ingot_stack):
-    return Tokenizer(ingot_stack.tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def client(ingot_stack):
-    return openai.OpenAI(base_url=f"{ingot_stack.base_url}/v1", api_key=ingot_stack.api_key, max_retries=0)
 
 
 def raw_logprobs(model, ids: list[int]) -> torch.Tensor:

@@ -6,17 +6,11 @@ from __future__ import annotations
 
 import os
 
-import openai
 import pytest
 
 pytestmark = pytest.mark.e2e
 MESSAGES = [{"role": "user", "content": "Tell me a story about 猫"}]
 SAMPLING = dict(max_tokens=10, temperature=1.5, seed=11)
-
-
-@pytest.fixture(scope="module")
-def client(ingot_stack):
-    return openai.OpenAI(base_url=f"{ingot_stack.base_url}/v1", api_key=ingot_stack.api_key, max_retries=0)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import asyncio
 import openai
 import pytest
 
-from server.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.e2e
 
@@ -16,16 +15,6 @@ PROMPTS = [
     "Continuous batching lets", "Mistral uses grouped-query attention and a sliding window; Llama uses",
     "{\"model\": \"demo\"", "Ingot serves language models behind the OpenAI API.", "x", "今天天气很好",
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(ingot_stack):
-    return Tokenizer(ingot_stack.tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def client(ingot_stack):
-    return openai.OpenAI(base_url=f"{ingot_stack.base_url}/v1", api_key=ingot_stack.api_key, max_retries=0)
 
 
 @pytest.fixture()

@@ -8,7 +8,6 @@ import pytest
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import ValidationError as HubValidationError
 
-from server.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.e2e
 
@@ -16,11 +15,6 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def hub(ingot_stack):
     return InferenceClient(model=ingot_stack.base_url, token=ingot_stack.api_key, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(ingot_stack):
-    return Tokenizer(ingot_stack.tokenizer_dir)
 
 
 def _post(stack, path: str, body: dict, key: str | None = "default") -> httpx.Response:

@@ -4,14 +4,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from server.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def tokenizer(ingot_stack):
-    return Tokenizer(ingot_stack.tokenizer_dir)
 
 
 def _post(stack, path: str, body: dict, key: bool = True) -> httpx.Response:
