@@ -1,7 +1,8 @@
 """The serving path's robustness in numbers, on any machine: `ingot serve` on the demo model, driven as a user
 (and an operator) would drive it.
 
-    python -m benchmarks.robustness --out benchmarks/results/robustness_cpu [--disconnects 400] [--streams 500] [--cycles 20]
+    python -m benchmarks.robustness --out benchmarks/results/robustness_cpu \
+        [--disconnects 400] [--streams 500] [--cycles 20]
 
 Four measurements, each a count or a time, never a pass/fail of its own (the tests assert; this records):
 
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.serving import wait_serving
 from engines.triton.launcher import free_port
 from engines.triton.processes import alive, cmdline, descendants
 from server.stack import DEMO_API_KEY
@@ -69,17 +71,9 @@ class Serve:
         return cls(process, f"http://127.0.0.1:{port}", work_dir, log_path)
 
     def wait_serving(self, timeout: float = 600) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError("serve exited:\n" + self.log_path.read_text()[-3000:])
-            try:
-                if completion(self.base_url).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("the stack is not serving:\n" + self.log_path.read_text()[-3000:])
+        """Seconds until a completion succeeds (not just /ready: after a kill, the time to serve again)."""
+        return wait_serving(self.process, lambda: completion(self.base_url).status_code == 200, self.log_path,
+                            timeout, poll_s=0.2)
 
     def tritonservers(self) -> list[int]:
         return [pid for pid in descendants(self.process.pid) if "bin/tritonserver" in cmdline(pid)]

@@ -12,7 +12,8 @@ the last one ends); CPU time is read from /proc (psutil) for each process tree b
         --out benchmarks/results/stack_overhead.md
 
 Only interfaces that every version of the stack has are used (the Triton launcher, the portable target,
-`server.cli gateway`), so the same file measures an older commit in its own worktree.
+`server.cli gateway`), so the same file measures an older commit in its own worktree (copy
+benchmarks/serving.py there with it).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from benchmarks.serving import answers_ready, wait_serving
 from benchmarks.stack_vs_engine import stop_stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,16 +109,7 @@ def start_stack(args, work: Path, key: str):
     gateway = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                env=dict(os.environ, INGOT_API_KEYS=key, PYTHONUNBUFFERED="1"))
     base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if gateway.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"gateway did not start:\n{(work / 'gateway.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
+    wait_serving(gateway, answers_ready(base_url), work / "gateway.log", timeout=120)
     return triton, gateway, base_url
 
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
+from benchmarks.serving import answers_ready, wait_serving
 from engines.triton.launcher import free_port
 from tests.conftest import ROOT
 
@@ -29,13 +27,4 @@ def start_serve(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[su
 
 def wait_ready(process: subprocess.Popen, base_url: str, log_path: Path, timeout: float) -> None:
     """Until /ready answers 200; fails at once if serve exits, with the end of its log."""
-    deadline = time.monotonic() + timeout
-    while True:
-        assert process.poll() is None, log_path.read_text()[-3000:]
-        assert time.monotonic() < deadline, "the stack did not become ready:\n" + log_path.read_text()[-3000:]
-        try:
-            if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+    wait_serving(process, answers_ready(base_url), log_path, timeout)

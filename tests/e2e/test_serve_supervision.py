@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from benchmarks import serving
 from engines.triton.processes import alive, cmdline, descendants
 from server.stack import DEMO_API_KEY
 from tests.e2e import serve_process
@@ -28,16 +28,9 @@ def completion(base_url: str, max_tokens: int = 4) -> httpx.Response:
 
 
 def wait_serving(process, base_url: str, log_path, timeout: float = 240) -> float:
-    started = time.monotonic()
-    while True:
-        assert process.poll() is None, log_path.read_text()[-3000:]
-        assert time.monotonic() - started < timeout, "the stack is not serving:\n" + log_path.read_text()[-3000:]
-        try:
-            if completion(base_url).status_code == 200:
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+    """Seconds until a completion succeeds: after a kill, the time to serve again."""
+    return serving.wait_serving(process, lambda: completion(base_url).status_code == 200, log_path, timeout,
+                                poll_s=0.2)
 
 
 def tritonservers(serve_pid: int) -> list[int]:
