@@ -13,8 +13,7 @@ from pathlib import Path
 
 import httpx
 
-LOG_TAIL_CHARS = 3000
-
+from engines.triton.launcher import log_tail
 
 class NotServing(RuntimeError):
     """The process exited before it served, or did not serve within the timeout."""
@@ -23,13 +22,6 @@ class NotServing(RuntimeError):
 def answers_ready(base_url: str) -> Callable[[], bool]:
     """A probe: the gateway's /ready answers 200 (its model is loaded and Triton is reachable)."""
     return lambda: httpx.get(f"{base_url}/ready", timeout=2).status_code == 200
-
-
-def log_tail(log_path: Path) -> str:
-    try:
-        return log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
-    except OSError as error:
-        return f"(no log: {error})"
 
 
 def wait_serving(process: subprocess.Popen, probe: Callable[[], bool], log_path: Path, timeout: float,
