@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.results_io import commit
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "all-MiniLM-L6-v2"
 KEY = "bench-key"
@@ -131,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     record = {"date": datetime.date.today().isoformat(), "command": " ".join(["python -m benchmarks.embeddings_bench",
                                                                              *(argv or sys.argv[1:])]),
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                       text=True).stdout.strip(),
+              "commit": commit(),
               "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)",
               "load_average_at_start": [round(x, 1) for x in os.getloadavg()],
               "stack": []}

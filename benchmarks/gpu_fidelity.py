@@ -24,7 +24,6 @@ import datetime
 import json
 import math
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.fidelity import CHATS, TEXT, engine_logprobs, reference_logprobs
+from benchmarks.results_io import commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # bfloat16 keeps 8 bits of mantissa: logits move by ~1e-2 relative, so log-probabilities by a few 1e-2.
@@ -170,12 +170,11 @@ def verdict(result: dict) -> dict:
 
 
 def environment(args) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     import transformers
 
     return {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "commit": commit or "unknown", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "commit": commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "command": "python -m benchmarks.gpu_fidelity " + " ".join(sys.argv[1:]), "gguf": args.gguf.name,
             "dtype": args.dtype, "max_new_tokens": args.max_new_tokens, "chats": len(CHATS)}
 

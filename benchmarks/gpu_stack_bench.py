@@ -37,6 +37,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.results_io import commit
 from benchmarks.random_checkpoint import SHAPES, write_checkpoint
 from engines.triton.launcher import free_port, log_tail
 
@@ -205,7 +206,7 @@ def bench_arguments(args, specs: list[str], checkpoint: Path) -> list[str]:
 def setup_record(args, argv: list[str], bench_argv: list[str], hf: Server, started: float) -> dict:
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": "python -m benchmarks.gpu_stack_bench " + shlex.join(argv),
-              "bench_command": "ingot bench " + shlex.join(bench_argv), "commit": git_commit(),
+              "bench_command": "ingot bench " + shlex.join(bench_argv), "commit": commit(),
               "shape": args.shape, "num_layers": args.num_layers, "device": args.device, "dtype": args.dtype,
               "ingot": {"portable_engine": portable_settings(args).parameters(), "cuda_graphs": args.device != "cpu"},
               "transformers": {"command": shlex.join(hf.process.args), "continuous_batching":
@@ -232,14 +233,6 @@ def versions() -> dict:
     except Exception:  # versions are a note in the record, never a reason to fail the run
         found["gpu"] = None
     return found
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def write_server_logs(out: Path, logs: dict[str, Path], lines: int = 150) -> None:

@@ -26,13 +26,14 @@ import datetime
 import json
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.results_io import commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_RATIO = 0.90
@@ -116,14 +117,6 @@ def measure(engine, args, temperature: float) -> dict:
             "grammar": engine.grammars().stats.as_dict()}
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=False).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
 def markdown(meta: dict, cases: list[dict]) -> str:
     lines = [f"# Constrained decoding cost ({meta['tag']})", "",
              f"{meta['date']} · commit {meta['commit']} · {meta['hardware']} · torch {meta['torch']}", "",
@@ -170,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     tag = args.tag or f"{args.device}_{Path(checkpoint).name}"
     hardware = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or 'cpu'} CPU"
     meta = {"tag": tag, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": _commit(), "hardware": hardware, "torch": torch.__version__,
+            "commit": commit(), "hardware": hardware, "torch": torch.__version__,
             "command": "python -m benchmarks.grammar_bench " + shlex.join(sys.argv[1:] if argv is None else argv),
             "requests": args.requests, "prompt_len": args.prompt_len, "output_len": args.output_len,
             "schemas": args.schemas, "checkpoint": str(checkpoint)}

@@ -19,18 +19,15 @@ Results: benchmarks/results/logprobs_cost_<device>.json and .md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.results_io import add_out_argument, command_line, commit, utc_now, write_result
 from engines.logprobs import token_logprobs, top_logprobs
 from engines.portable.config import EngineConfig
 from engines.portable.engine import LLMEngine
@@ -85,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs per mode, interleaved; the best is kept")
     parser.add_argument("--kv-cache-bytes", type=int, default=256 << 20,
                         help="the engine's KV cache (0 on CUDA: what the GPU has free)")
-    parser.add_argument("--out", default="benchmarks/results")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,21 +105,16 @@ def main(argv: list[str] | None = None) -> None:
             for mode in MODES]
     record = {
         "benchmark": "logprobs_cost",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m benchmarks.logprobs_cost " + " ".join(sys.argv[1:] if argv is None else argv),
-        "commit": _commit(), "host": platform.node(), "cpu_count": torch.get_num_threads(),
+        "date": utc_now(), "command": command_line("benchmarks.logprobs_cost", argv),
+        "commit": commit(), "host": platform.node(), "cpu_count": torch.get_num_threads(),
         "load_average": os.getloadavg(),  # at the end: on a shared machine the figures move with it
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
         "model": {"hidden": args.hidden, "layers": args.layers, "vocab": args.vocab, "dtype": args.dtype},
         "workload": {"requests": args.requests, "prompt_len": args.prompt_len, "output_len": args.output_len},
         "results": rows,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     tag = "cpu" if args.device == "cpu" else "gpu"
-    (out / f"logprobs_cost_{tag}.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / f"logprobs_cost_{tag}.md").write_text(_markdown(record))
-    print(_markdown(record))
+    write_result(args.out, f"logprobs_cost_{tag}", record, _markdown(record))
 
 
 def _markdown(record: dict) -> str:
@@ -137,14 +129,6 @@ def _markdown(record: dict) -> str:
     lines += [f"| {row['mode']} | {row['output_tokens_per_s']} | {row['relative_to_plain']:.2f} |"
               for row in record["results"]]
     return "\n".join(lines) + "\n"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

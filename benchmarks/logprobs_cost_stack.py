@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
 import platform
@@ -33,7 +32,8 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.stack_vs_engine import git_commit, hardware, start_stack, stop_stack
+from benchmarks.results_io import add_out_argument, command_line, commit, utc_now, write_result
+from benchmarks.stack_vs_engine import hardware, start_stack, stop_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"plain": {}, "logprobs": {"logprobs": 0}, "top_logprobs": {"logprobs": 5},
@@ -139,9 +139,8 @@ def measure_all(args, argv: list[str], work: Path) -> dict:
         stop_stack(stack[0], stack[1], timeout=60)
     plain = best["plain"]["output_tokens_per_s"]
     return {
-        "benchmark": "logprobs_cost_stack", "commit": git_commit(), "hardware": hardware(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m benchmarks.logprobs_cost_stack " + " ".join(argv),
+        "benchmark": "logprobs_cost_stack", "commit": commit(), "hardware": hardware(), "date": utc_now(),
+        "command": command_line("benchmarks.logprobs_cost_stack", argv),
         "load_average": os.getloadavg(), "host": platform.node(),
         "model": {"shape": args.shape, "vocab": vocab, "dtype": args.dtype, "device": args.device},
         "workload": {"users": args.users, "requests": args.users * args.requests_per_user,
@@ -185,17 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway-arg", action="append", default=[], help="one more argument for the gateway")
     parser.add_argument("--start-timeout", type=float, default=420.0)
     parser.add_argument("--work-dir", default=None)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     if args.kv_cache_bytes is None and args.device == "cpu":
         args.kv_cache_bytes = 256 << 20
     record = run(args, argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     tag = "cpu" if args.device == "cpu" else "gpu"
-    (args.out / f"logprobs_cost_stack_{tag}.json").write_text(json.dumps(record, indent=2) + "\n")
-    (args.out / f"logprobs_cost_stack_{tag}.md").write_text(markdown(record))
-    print(markdown(record))
+    write_result(args.out, f"logprobs_cost_stack_{tag}", record, markdown(record))
     return 0
 
 

@@ -15,17 +15,17 @@ Results: benchmarks/results/lora_<tag>.json and .md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from benchmarks.results_io import add_out_argument, commit, utc_now, write_result
 
 MODULES = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
            "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
@@ -112,14 +112,6 @@ def workload_tokens_per_s(engine, prompts, new_tokens: int, loras, device: str) 
     return produced / seconds
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run(args) -> dict:
     from benchmarks.random_checkpoint import write_checkpoint
 
@@ -157,9 +149,8 @@ def run(args) -> dict:
     results["batch1_ratio"] = results["lora_batch1_tok_s"] / results["base_batch1_tok_s"]
     results["workload_ratio"] = results["lora_workload_tok_s"] / results["base_workload_tok_s"]
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
-    return {"settings": vars(args), "device": device_name, "commit": commit(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__, "results": results}
+    return {"settings": {**vars(args), "out": str(args.out)}, "device": device_name, "commit": commit(),
+            "date": utc_now(), "torch": torch.__version__, "results": results}
 
 
 def markdown(report: dict) -> str:
@@ -201,16 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-kernel", default="torch", choices=("auto", "triton", "torch"),
                         help="the per-token correction: Triton kernels (CUDA) or the torch masked matmuls")
     parser.add_argument("--work-dir", default=None)
-    parser.add_argument("--out-dir", default="benchmarks/results")
+    add_out_argument(parser, "benchmarks/results", "--out-dir")
     parser.add_argument("--tag", default=None)
     args = parser.parse_args(argv)
     report = run(args)
     tag = args.tag or f"{args.shape}_{args.device.split(':')[0]}"
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"lora_{tag}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"lora_{tag}.md").write_text(markdown(report))
-    print(markdown(report), flush=True)
+    write_result(args.out, f"lora_{tag}", report, markdown(report))
     return 0
 
 

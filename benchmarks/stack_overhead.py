@@ -13,7 +13,7 @@ the last one ends); CPU time is read from /proc (psutil) for each process tree b
 
 Only interfaces that every version of the stack has are used (the Triton launcher, the portable target,
 `server.cli gateway`), so the same file measures an older commit in its own worktree (copy
-benchmarks/serving.py there with it).
+benchmarks/serving.py and results_io.py there with it).
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from benchmarks.results_io import commit, write_result
 from benchmarks.serving import answers_ready, wait_serving
 from benchmarks.stack_vs_engine import stop_stack
 
@@ -170,16 +171,8 @@ def measure(args, triton, gateway, base_url: str, key: str, streams: int) -> Poi
 # ---- records
 
 
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def record(args, argv: list[str], points: list[Point]) -> dict:
-    return {"label": args.label, "commit": git_commit(),
+    return {"label": args.label, "commit": commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "hardware": f"{psutil.cpu_count()}-core CPU machine, no GPU ({platform.machine()}), shared with other "
                         "work: CPU time per token is the measure, wall-clock figures are only indicative",
@@ -253,10 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_stack(triton, gateway)
     result = record(args, argv, points)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "stack_overhead.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "stack_overhead.md").write_text(markdown(result))
-    print(markdown(result))
+    write_result(args.out, "stack_overhead", result, markdown(result))
     return 0 if all(p.failed == 0 for p in points) else 1
 
 

@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.results_io import commit
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "INGOT_SVE_KEY"
 SPEED_LIMITS = (60.0, 80.0)
@@ -226,14 +228,6 @@ def compare(engine: list[dict], stack: list[dict]) -> dict:
     return {"points": rows, "goodput": {"stack": goodput(stack, SPEED_LIMITS), "engine": goodput(engine, SPEED_LIMITS)}}
 
 
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def hardware() -> str:
     try:
         import torch
@@ -265,7 +259,7 @@ def run(args, argv: list[str]) -> int:
     stack = run_stack(args, work)
     engine = json.loads(engine_result.read_text())
     result = {"model": args.model, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "commit": git_commit(), "hardware": hardware(),
+              "commit": commit(), "hardware": hardware(),
               "command": "python -m benchmarks.stack_vs_engine " + shlex.join(argv),
               "workload": {"input_tokens": args.input_tokens, "output_tokens": args.output_tokens, "greedy": True,
                            "closed_loop": True, "requests_per_user": args.requests_per_user,
