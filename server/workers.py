@@ -13,15 +13,18 @@ import pickle
 import tempfile
 from pathlib import Path
 
+from server.cpu_limit import usable_cpus
+
 SETTINGS_FILE_ENV = "INGOT_GATEWAY_SETTINGS_FILE"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 log = logging.getLogger("ingot.gateway")
 
 
 def default_workers(cores: int | None = None) -> int:
-    """Half the cores this process may use (Triton and the engine need the rest on a shared box), 1 to 8."""
+    """Half the cores this process may use (Triton and the engine need the rest on a shared box), 1 to 8. The cores
+    are its CPU affinity capped by its container's CPU quota (server.cpu_limit), not the node's core count."""
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cpus()
     return max(1, min(cores // 2, 8))
 
 
