@@ -4,8 +4,9 @@ TGI's semantics kept: sampling only with `do_sample` or a sampling setting (temp
 else greedy; a sampled request without a seed gets one, reported in `details.seed`; `truncate` keeps the
 last tokens of the input; errors are `{"error", "error_type"}` (422 for validation) as TGI's clients parse.
 `best_of` is the gateway's fan-out (server/choices.py: one engine request per sequence, each with its own
-seed); `top_n_tokens` and `decoder_input_details` come from the raw logits rows (server/logprobs.py). The
-answers are shaped in server/tgi_answers.py.
+seed); `top_n_tokens` and `decoder_input_details` come from the raw logits rows (server/logprobs.py);
+`adapter_id` names a served LoRA adapter, as a request's `model` does on /v1 (server/lora.py). The answers are
+shaped in server/tgi_answers.py.
 """
 from __future__ import annotations
 
@@ -30,7 +31,6 @@ MAX_BEST_OF = MAX_CHOICES  # /info's max_best_of: each is one engine request
 MAX_TOP_N_TOKENS = 5  # TGI's default --max-top-n-tokens
 REFUSED = {  # parameter → why it is refused (a clear 422, never ignored)
     "watermark": "watermark is not supported: this server does not watermark its outputs.",
-    "adapter_id": "adapter_id is not supported: this server serves no LoRA adapters.",
     "typical_p": "typical_p is not supported by this server's samplers.",
 }
 ERROR_TYPES = {400: "validation", 401: "authentication", 404: "validation", 413: "validation",
@@ -118,6 +118,20 @@ def guide_of(grammar) -> tuple[str, str]:
     return "json_schema", json.dumps(value)
 
 
+def model_of(adapter_id: str | None, served) -> str:
+    """The model a request runs on: the base without `adapter_id` (or naming the base), else the served adapter.
+    TGI's server runs an adapter it does not know on the base model; that silent change of model is refused here."""
+    if adapter_id is None or adapter_id == served.name or adapter_id in served.aliases:
+        return served.name
+    adapters = served.adapters
+    if adapters is None or adapter_id not in adapters:
+        known = sorted(adapter.name for adapter in adapters.list()) if adapters is not None else []
+        offer = (f"the served adapters are {', '.join(known)}" if known
+                 else "this server serves no LoRA adapters (start it with --lora NAME=PATH)")
+        raise APIError(400, f"adapter_id '{adapter_id}' is not a served LoRA adapter: {offer}.", param="adapter_id")
+    return adapter_id
+
+
 def samples(parameters: GenerateParameters) -> bool:
     """TGI samples when asked to or when any sampling setting differs from its neutral value."""
     return parameters.do_sample or any((
@@ -144,6 +158,7 @@ class TgiGeneration:
 def plan(body: GenerateRequest, request: Request, streaming: bool) -> TgiGeneration:
     state, parameters = request.app.state, body.parameters
     refuse_unsupported(parameters, streaming)
+    model = model_of(parameters.adapter_id, state.model)
     if not body.inputs:
         raise APIError(400, "`inputs` must not be empty.", param="inputs")
     tokenizer: Tokenizer = state.tokenizer
@@ -159,7 +174,7 @@ def plan(body: GenerateRequest, request: Request, streaming: bool) -> TgiGenerat
     if requested is None:
         max_tokens = min(max_tokens, DEFAULT_MAX_NEW_TOKENS)
     fields = CompletionRequest(
-        model=state.model.name, prompt=prompt_ids, max_tokens=max_tokens, stop=parameters.stop or None,
+        model=model, prompt=prompt_ids, max_tokens=max_tokens, stop=parameters.stop or None,
         temperature=(parameters.temperature or 1.0) if sampling else 0.0, top_p=parameters.top_p,
         top_k=parameters.top_k, seed=seed, repetition_penalty=parameters.repetition_penalty,
         frequency_penalty=parameters.frequency_penalty or 0.0)

@@ -179,3 +179,35 @@ def test_serve_command_takes_adapters_from_folders_and_s3(demo_checkpoints, adap
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
         s3.stop()
+
+
+def test_tgi_adapter_id_runs_a_served_adapter_and_refuses_an_unknown_one(stack, reference):
+    """TGI's `parameters.adapter_id` through huggingface_hub's InferenceClient (its own `adapter_id` argument), on
+    /generate and /generate_stream: the adapter's greedy tokens as transformers + PEFT gives them."""
+    from huggingface_hub import InferenceClient
+    from huggingface_hub.errors import ValidationError as HubValidationError
+
+    base_url, tokenizer = stack
+    hub = InferenceClient(model=base_url, token=TEST_API_KEY, timeout=120)
+    text = "Adapters change what a model says"
+    prompt = tokenizer.encode(text)
+    answers = {}
+    for adapter in ("support-bot", "sql-writer", None):
+        out = hub.text_generation(text, max_new_tokens=TOKENS, details=True, adapter_id=adapter)
+        got, expected = [token.id for token in out.details.tokens], reference.greedy(adapter, prompt, TOKENS)
+        # TGI has no ignore_eos: an answer may end early at the end-of-sequence token, never elsewhere
+        assert got == expected[:len(got)] and got, adapter
+        assert len(got) == TOKENS or out.details.finish_reason == "eos_token", adapter
+        answers[adapter] = out.generated_text
+    assert answers["support-bot"] != answers[None]
+    events = list(hub.text_generation(text, max_new_tokens=TOKENS, stream=True, details=True, adapter_id="sql-writer"))
+    assert events[-1].generated_text == answers["sql-writer"]
+
+    with pytest.raises(HubValidationError, match="'no-such-adapter' is not a served LoRA adapter"):
+        hub.text_generation(text, max_new_tokens=2, adapter_id="no-such-adapter")
+    for path in ("/generate", "/generate_stream"):
+        refused = httpx.post(f"{base_url}{path}", json={"inputs": text, "parameters": {"adapter_id": "nope"}},
+                             headers={"Authorization": f"Bearer {TEST_API_KEY}"}, timeout=60)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error_type"] == "validation"
+        assert "the served adapters are" in refused.json()["error"] and "support-bot" in refused.json()["error"]

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import pytest
 
+from server.app import ServedModel
 from server.errors import APIError
+from server.lora import AdapterRegistry
 from server.protocols.tgi import BestOfSequence, Details, GenerateParameters, Token, dump_tgi
-from server.tgi import MAX_BEST_OF, MAX_TOP_N_TOKENS, guide_of, refuse_unsupported, samples, tgi_status
+from server.tgi import MAX_BEST_OF, MAX_TOP_N_TOKENS, guide_of, model_of, refuse_unsupported, samples, tgi_status
 
 
 @pytest.mark.parametrize("parameters, sampled", [
@@ -23,7 +25,6 @@ def test_greedy_unless_asked_to_sample(parameters, sampled):
 @pytest.mark.parametrize("parameters, param", [
     ({"watermark": True}, "watermark"),
     ({"typical_p": 0.5}, "typical_p"),
-    ({"adapter_id": "x"}, "adapter_id"),
 ])
 def test_unsupported_parameters_are_refused_not_ignored(parameters, param):
     with pytest.raises(APIError) as caught:
@@ -83,3 +84,32 @@ def test_grammars_become_the_contracts_guides():
     for bad in ({"type": "ebnf", "value": "x"}, {"type": "regex", "value": ""}, {"type": "json", "value": "{"}, "x"):
         with pytest.raises(APIError):
             guide_of(bad)
+
+
+def served(tmp_path, adapters: dict[str, int] | None) -> ServedModel:
+    registry = None
+    if adapters is not None:
+        registry = AdapterRegistry("demo-llama")
+        registry.add_packed(tmp_path, {name: {"task_id": task, "path": name} for name, task in adapters.items()})
+    return ServedModel("demo-llama", 512, 0, aliases=("demo",), adapters=registry)
+
+
+def test_adapter_id_picks_a_served_adapter_and_the_base_by_its_names(tmp_path):
+    model = served(tmp_path, {"support-bot": 7, "sql-writer": 9})
+    assert model_of("support-bot", model) == "support-bot"
+    assert model_of(None, model) == model_of("demo-llama", model) == model_of("demo", model) == "demo-llama"
+
+
+@pytest.mark.parametrize("adapters, offered", [
+    ({"support-bot": 7, "sql-writer": 9}, "the served adapters are sql-writer, support-bot"),
+    ({}, "serves no LoRA adapters (start it with --lora NAME=PATH)"),
+    (None, "serves no LoRA adapters"),
+])
+def test_an_unknown_adapter_id_is_refused_with_what_is_served(tmp_path, adapters, offered):
+    # TGI would run it on the base model; a request for an adapter must not silently get the base instead.
+    with pytest.raises(APIError) as caught:
+        model_of("no-such-adapter", served(tmp_path, adapters))
+    assert caught.value.status == 400 and caught.value.param == "adapter_id"
+    assert "'no-such-adapter' is not a served LoRA adapter" in caught.value.message
+    assert offered in caught.value.message
+    assert tgi_status(caught.value) == 422  # TGI's status for a validation error
