@@ -70,7 +70,8 @@ def make_engine(args):
     return LLMEngine.from_checkpoint(checkpoint, config), checkpoint
 
 
-def run_side(engine, prompts, params) -> dict:
+def run_side(engine, prompts, params, timeline: bool = False) -> dict:
+    recorder = engine.record_timeline() if timeline else None
     if engine.config.device == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
@@ -79,8 +80,11 @@ def run_side(engine, prompts, params) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     tokens = sum(len(out) for out in outputs)
-    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-            "min_tokens": min(len(out) for out in outputs)}
+    result = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
+              "min_tokens": min(len(out) for out in outputs)}
+    if recorder is not None:
+        result["timeline"] = recorder.summary()
+    return result
 
 
 def measure(engine, args, temperature: float) -> dict:
@@ -100,11 +104,11 @@ def measure(engine, args, temperature: float) -> dict:
         return Guide("json_schema", json.dumps(schema(index % args.schemas)))
 
     run_side(engine, prompts[:2], params(lambda _: None)[:2])  # warm-up: graphs, allocator
-    free = run_side(engine, prompts, params(lambda _: None))
+    free = run_side(engine, prompts, params(lambda _: None), args.timeline)
     cold = run_side(engine, prompts, params(guided))  # compiles each schema once, inside the timed run
     stats_cold = dict(engine.grammars().stats.as_dict())
     before = dict(engine.grammars().stats.as_dict())
-    warm = run_side(engine, prompts, params(guided))  # every grammar from the cache
+    warm = run_side(engine, prompts, params(guided), args.timeline)  # every grammar from the cache
     after = engine.grammars().stats.as_dict()
     fills = max(1, after["fills"] - before["fills"])
     warm["host_fill_ms_per_step"] = 1000 * (after["fill_seconds"] - before["fill_seconds"]) / fills
@@ -141,7 +145,28 @@ def markdown(meta: dict, cases: list[dict]) -> str:
                      f"{grammar['hit_rate']:.3f} | {warm['host_fill_ms_per_step']:.2f} | "
                      f"{warm['host_advance_ms_per_step']:.2f} | {warm['step_ms']:.2f} |")
     lines += ["", f"Target: constrained ≥ {TARGET_RATIO:.2f} of unconstrained throughput."]
+    for case in cases:
+        lines += timeline_lines(case)
     return "\n".join(lines) + "\n"
+
+
+def timeline_lines(case: dict) -> list[str]:
+    """Mean ms between consecutive marks (engines/portable/step_timeline.py), both sides, where recorded."""
+    sides = {"unconstrained": case["unconstrained"], "constrained": case["constrained_warm_cache"]}
+    if not all("timeline" in side for side in sides.values()):
+        return []
+    kind = "greedy" if case["temperature"] == 0 else f"T={case['temperature']}"
+    lines = ["", f"## Timeline, {kind} (mean ms between marks; count)", "",
+             "| where | between | unconstrained | constrained |", "|---|---|---|---|"]
+    for where in ("device", "host"):
+        pairs = {pair for side in sides.values() for pair in side["timeline"][where]}
+        for pair in sorted(pairs, key=lambda p: -sides["constrained"]["timeline"][where].get(p, {}).get("total_ms", 0)):
+            cells = []
+            for side in sides.values():
+                entry = side["timeline"][where].get(pair)
+                cells.append(f"{entry['mean_ms']:.3f} ({entry['count']})" if entry else "-")
+            lines.append(f"| {where} | {pair} | {cells[0]} | {cells[1]} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--schemas", type=int, default=8)
     parser.add_argument("--temperatures", default="1.0,0", help="comma-separated; 0 is greedy")
     parser.add_argument("--kv-cache-gib", type=int, default=None)
+    parser.add_argument("--timeline", action="store_true",
+                        help="time the decode's host and device phases (engines/portable/step_timeline.py)")
     parser.add_argument("--tag", default=None)
     parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args(argv)

@@ -28,6 +28,7 @@ import torch
 from engines.portable.attention import AttentionMetadata, GpuAttentionMetadata
 from engines.portable.host_copies import to_device
 from engines.portable.model import CausalLM
+from engines.portable.step_timeline import NO_TIMELINE
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 _FIELDS = 6  # ids, positions, slots, context lengths, source rows, LoRA slots
@@ -74,6 +75,7 @@ class DecodeGraphs:
         self.next_buffer = 0
         self.bitmasks: list[torch.Tensor] = []  # pinned grammar bitmasks, one per host buffer, made on first use
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.timeline = NO_TIMELINE  # LLMEngine.record_timeline
         self.logits: dict[int, torch.Tensor] = {}
         kv_heads = model.config.num_kv_heads
         pool = None
@@ -139,8 +141,10 @@ class DecodeGraphs:
             tables[row, :len(table)] = table
         # entries past a row's context are never read, and padded rows read column 0, always a valid id
         used = _FIELDS * largest + bucket * self.max_blocks
+        self.timeline.mark_device("forward start")
         self.inputs[:used].copy_(self.stagings[buffer][:used], non_blocking=True)
         self.graphs[bucket].replay()
+        self.timeline.mark_device("forward end")
         launch = Launch(batch, bucket, buffer)
         if finish:
             self.finish(launch)
@@ -160,6 +164,7 @@ class DecodeGraphs:
         """Queue the copy of the launch's choices to the host, behind an event; the listed rows first take
         `choose(their logits)` (float32 [rows, 2]: token id, log-probability) in place of the greedy choice."""
         batch = launch.batch
+        self.timeline.mark_device("sampler start")
         if rows:
             logits = self.logits[launch.bucket][:batch]
             if len(rows) == batch:
@@ -168,6 +173,7 @@ class DecodeGraphs:
                 index = to_device(rows, logits.device, torch.long)
                 self.sampled[index] = choose(logits.index_select(0, index))
         self.results[launch.buffer][:batch].copy_(self.sampled[:batch], non_blocking=True)
+        self.timeline.mark_device("sampler end")
         launch.event = torch.cuda.Event()
         launch.event.record()
 

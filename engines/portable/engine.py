@@ -40,6 +40,7 @@ from engines.portable.sampler import argmax_is_next, choose, chosen_on_device, s
 from engines.portable.sampling import SamplingParams
 from engines.portable.scheduler import Scheduler
 from engines.portable.sequence import Sequence, Status
+from engines.portable.step_timeline import NO_TIMELINE, StepTimeline
 
 
 @dataclass
@@ -71,6 +72,7 @@ class LLMEngine(BeamSteps, GrammarSteps):
         self._grammars = None  # GrammarSteps.grammars makes it on the first guided request
         self._grammar_lock = threading.Lock()
         self._matchers: dict[str, object] = {}  # request id -> its grammar state, until the request is queued
+        self.timeline = NO_TIMELINE  # `record_timeline` for benchmarks
         self.loras: LoraRegistry | None = None
         if engine_config.max_loras:
             self.loras = LoraRegistry(model_config, engine_config.max_loras, engine_config.max_lora_rank,
@@ -193,6 +195,13 @@ class LLMEngine(BeamSteps, GrammarSteps):
             self.scheduler.add(group.live[0])
         return aborted
 
+    def record_timeline(self) -> StepTimeline:
+        """Start timing the pipelined decode's host and device phases (engines.portable.step_timeline)."""
+        self.timeline = StepTimeline(torch.device(self.config.device).type == "cuda")
+        if getattr(self.runner, "graphs", None) is not None:
+            self.runner.graphs.timeline = self.timeline
+        return self.timeline
+
     # ---- the loop (one thread)
 
     def has_unfinished(self) -> bool:
@@ -201,6 +210,7 @@ class LLMEngine(BeamSteps, GrammarSteps):
         return pending or self._in_flight is not None or self.scheduler.has_unfinished()
 
     def step(self) -> list[StepOutput]:
+        self.timeline.mark("step")
         outputs = self._drain_inbox()
         if self._in_flight is not None:
             return outputs + self._read_in_flight()
@@ -335,12 +345,14 @@ class LLMEngine(BeamSteps, GrammarSteps):
             return
         seqs = [in_flight.seqs[row] for row in rows]
         mask = self._fill_mask([seq.grammar for seq in seqs], self.runner.grammar_bitmask(in_flight.launch))
+        self.timeline.mark("bitmask filled")
 
         def chosen(logits: torch.Tensor) -> torch.Tensor:
             tokens, logprobs = choose(logits, seqs, mask)
             return torch.stack((tokens.float(), logprobs.float()), dim=1)
 
         self.runner.finish(in_flight.launch, rows, chosen)
+        self.timeline.mark("sampler queued")
 
     def _launch_ahead(self, in_flight: _InFlight) -> None:
         """Launch the decode after the one in flight, if every running sequence is in it and will
@@ -366,16 +378,20 @@ class LLMEngine(BeamSteps, GrammarSteps):
     def _read_in_flight(self) -> list[StepOutput]:
         in_flight, self._in_flight = self._in_flight, None
         self._launch_ahead(in_flight)
+        self.timeline.mark("launched ahead")
         tokens, logprobs = self.runner.greedy(in_flight.launch)
+        self.timeline.mark("tokens read")
         # aborted while its step ran, or stopped one step before this one: its token is dropped
         rows = [(seq, token, logprob) for seq, token, logprob in zip(in_flight.seqs, tokens, logprobs, strict=True)
                 if seq.status is not Status.FINISHED]
         going = self._advance_grammars([seq for seq, _, _ in rows], [token for _, token, _ in rows])
+        self.timeline.mark("grammars advanced")
         outputs = []
         for (seq, token, logprob), on in zip(rows, going, strict=True):
             outputs += self._append(seq, token, logprob, on)
             if seq.status is not Status.FINISHED:
                 self.blocks.register_full_blocks(seq)
+        self.timeline.mark("tokens appended")
         if self._in_flight is not None and self._in_flight.launch.event is None:
             self._finish(self._in_flight)  # the next launch's sampled and grammar rows, now that tokens are in
         return outputs

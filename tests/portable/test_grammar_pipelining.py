@@ -42,3 +42,17 @@ def test_rows_chosen_on_device_are_all_but_beams_and_logits_rows():
     beams = Sequence("z", [1, 2], 2, SamplingParams(max_new_tokens=4, beam_width=2))
     rows = Sequence("w", [1, 2], 2, SamplingParams(max_new_tokens=4, return_generation_logits=True))
     assert not chosen_on_device(beams) and not chosen_on_device(rows)
+
+
+def test_timeline_books_the_pipelined_steps_host_phases(make_engine, tokenizer):
+    engine = make_engine("llama", max_num_seqs=16)
+    engine.runner, engine.pipelined = EagerLaunches(engine.runner), True
+    timeline = engine.record_timeline()
+    run_all(engine, grammar_requests(tokenizer.eos_token_id), {})
+    host = timeline.summary()["host"]
+    # each pipelined step: tokens read, grammars advanced, tokens appended, the next launch's bitmask filled
+    for pair in ("launched ahead -> tokens read", "tokens read -> grammars advanced",
+                 "grammars advanced -> tokens appended", "tokens appended -> bitmask filled",
+                 "bitmask filled -> sampler queued"):
+        assert host[pair]["count"] >= 10 and host[pair]["mean_ms"] >= 0, pair
+    assert timeline.summary()["device"] == {}  # no CUDA events on the CPU
