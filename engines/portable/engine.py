@@ -19,6 +19,7 @@ before the launch's choices are copied back and fed to the next launch.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from engines.portable.model_runner import ModelRunner
 from engines.portable.beam_steps import BeamSteps
 from engines.portable.outputs import RequestOutput, StepOutput
 from engines.portable.request_group import RequestGroup, make_generator
-from engines.portable.sampler import argmax_is_next, choose, chosen_on_device, sample
+from engines.portable.sampler import argmax_is_next, chosen_on_device, complete_choice, prepare_choice, sample
 from engines.portable.sampling import SamplingParams
 from engines.portable.scheduler import Scheduler
 from engines.portable.sequence import Sequence, Status
@@ -333,26 +334,38 @@ class LLMEngine(BeamSteps, GrammarSteps):
             seq.num_computed_tokens += 1
         self._in_flight = _InFlight(seqs, launch)
 
-    def _finish(self, in_flight: _InFlight) -> None:
+    def _finish(self, in_flight: _InFlight, fill: Future | None = None) -> None:
         """Queue the launch's choices back to the host. Rows that do not take the plain argmax are chosen
         on the device by the sampler, now that every token before this step is appended; a grammar row's
-        bitmask is filled here, while the forward runs. Rows that ended since the launch keep the argmax
-        (their step is dropped)."""
+        bitmask is filled while the forward runs (`fill`, started by `_start_next_fill`, else now), and
+        the sampler's part that needs no mask is queued meanwhile. Rows that ended since the launch keep
+        the argmax (their step is dropped)."""
+        if fill is None:
+            fill = self._start_next_fill(in_flight)
         rows = [row for row, seq in enumerate(in_flight.seqs)
                 if seq.status is Status.RUNNING and not argmax_is_next(seq)]
         if not rows:
+            fill.result()  # the fill thread is done with the matchers and the pinned bitmask
             self.runner.finish(in_flight.launch)
             return
         seqs = [in_flight.seqs[row] for row in rows]
-        mask = self._fill_mask([seq.grammar for seq in seqs], self.runner.grammar_bitmask(in_flight.launch))
-        self.timeline.mark("bitmask filled")
 
         def chosen(logits: torch.Tensor) -> torch.Tensor:
-            tokens, logprobs = choose(logits, seqs, mask)
+            prepared = prepare_choice(logits, seqs)
+            mask = self._chosen_rows_mask(fill.result(), rows, seqs)
+            self.timeline.mark("bitmask filled")
+            tokens, logprobs = complete_choice(prepared, mask)
             return torch.stack((tokens.float(), logprobs.float()), dim=1)
 
         self.runner.finish(in_flight.launch, rows, chosen)
         self.timeline.mark("sampler queued")
+
+    def _start_next_fill(self, in_flight: _InFlight, grammar_ends: frozenset[int] = frozenset()) -> Future:
+        """Start filling the bitmask of the launch's running grammar rows (by launch row), but for the
+        sequences (by id) whose grammar ended on the token just read."""
+        states = [seq.grammar if seq.grammar is not None and seq.status is Status.RUNNING
+                  and id(seq) not in grammar_ends else None for seq in in_flight.seqs]
+        return self._start_fill(states, self.runner.grammar_bitmask(in_flight.launch))
 
     def _launch_ahead(self, in_flight: _InFlight) -> None:
         """Launch the decode after the one in flight, if every running sequence is in it and will
@@ -386,14 +399,19 @@ class LLMEngine(BeamSteps, GrammarSteps):
                 if seq.status is not Status.FINISHED]
         going = self._advance_grammars([seq for seq, _, _ in rows], [token for _, token, _ in rows])
         self.timeline.mark("grammars advanced")
+        fill = None
+        if self._in_flight is not None and self._in_flight.launch.event is None:
+            # the next launch's bitmask fills on its own thread while the tokens are appended
+            ended = frozenset(id(seq) for (seq, _, _), on in zip(rows, going, strict=True) if not on)
+            fill = self._start_next_fill(self._in_flight, ended)
         outputs = []
         for (seq, token, logprob), on in zip(rows, going, strict=True):
             outputs += self._append(seq, token, logprob, on)
             if seq.status is not Status.FINISHED:
                 self.blocks.register_full_blocks(seq)
         self.timeline.mark("tokens appended")
-        if self._in_flight is not None and self._in_flight.launch.event is None:
-            self._finish(self._in_flight)  # the next launch's sampled and grammar rows, now that tokens are in
+        if fill is not None:
+            self._finish(self._in_flight, fill)  # the next launch's sampled and grammar rows, now that tokens are in
         return outputs
 
     def _append(self, seq: Sequence, token: int, logprob: float, grammar_goes_on: bool = True) -> list[StepOutput]:

@@ -1,10 +1,18 @@
 """The engine's side of constrained decoding: the compiled-grammar cache, the bitmask of a step's grammar
 rows filled on the host (while the forward runs), and the matchers advanced by the sampled tokens, each in
-one batched xgrammar call, with the host time they take counted in the cache's stats."""
+one batched xgrammar call, with the host time they take counted in the cache's stats.
+
+In the pipelined decode the bitmask of the launch in flight is filled on a thread of its own (xgrammar
+releases the GIL), started as soon as the matchers have accepted the tokens before it: the engine loop
+meanwhile appends those tokens and queues the part of the sampler that needs no mask. A row's fill time
+is uneven (a few milliseconds inside a length-bounded string, microseconds elsewhere), so this keeps
+the slowest row's fill, not the sum of everything the host does, in the way of the device.
+"""
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
@@ -17,6 +25,7 @@ class GrammarSteps:
 
     _grammars: GrammarCache | None  # made by `grammars`, under `_grammar_lock` (both set by the engine)
     _grammar_lock: threading.Lock
+    _fill_thread: ThreadPoolExecutor | None = None
 
     def grammars(self, end_id: int | None = None) -> GrammarCache:
         """The compiled-grammar cache, made on the first guided request (it loads the tokenizer)."""
@@ -49,3 +58,27 @@ class GrammarSteps:
                 going[row] = on
             self._grammars.stats.advance_seconds += time.perf_counter() - started
         return going
+
+    def _start_fill(self, states: list, out: torch.Tensor | None) -> Future:
+        """Fill the bitmask of `states` (a launch's rows, None where unconstrained) on the fill thread;
+        the future's result is `_fill_mask`'s."""
+        if all(state is None for state in states):
+            done: Future = Future()
+            done.set_result(None)
+            return done
+        if self._fill_thread is None:
+            self._fill_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-fill")
+        return self._fill_thread.submit(self._fill_mask, states, out)
+
+    @staticmethod
+    def _chosen_rows_mask(filled: GrammarMask | None, rows: list[int], seqs: list[Sequence]) -> GrammarMask | None:
+        """The mask of the rows a launch's sampler chooses (`rows` of the launch, their sequences `seqs`),
+        from one filled by launch row: row i of the bitmask must be the grammar of `seqs[i]`."""
+        positions = [index for index, seq in enumerate(seqs) if seq.grammar is not None]
+        if not positions:
+            return None
+        if filled is None or not {rows[index] for index in positions} <= set(filled.rows):
+            raise RuntimeError("a grammar row of the launch has no bitmask filled")
+        if all(rows[index] == index for index in positions):
+            return GrammarMask(positions, filled.bitmask)
+        return GrammarMask(positions, filled.bitmask[torch.tensor(rows)])

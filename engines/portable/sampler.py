@@ -8,6 +8,8 @@ do not depend on what else is in the batch.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from engines.portable.grammar import GrammarMask, apply_mask
@@ -150,18 +152,44 @@ def choose(logits: torch.Tensor, seqs: list[Sequence],
     """`sample` on the device: each row's next token (long) and its raw log-probability, nothing read
     back, so a pipelined launch can queue it behind its forward. Penalties, min_length and the grammar
     see each sequence as it is now: every token before this step appended."""
+    return complete_choice(prepare_choice(logits, seqs), grammar_mask)
+
+
+@dataclass
+class PreparedChoice:
+    """What `choose` queues before it needs the grammar bitmask: the raw log-probabilities, the logits
+    after bias, penalties and min_length, and the sampled rows' parameters and noise."""
+
+    logits: torch.Tensor
+    logprobs: torch.Tensor
+    sampled: tuple[torch.Tensor, ...] | None  # rows, temperature, top_k, top_p, noise
+
+
+@torch.inference_mode()
+def prepare_choice(logits: torch.Tensor, seqs: list[Sequence]) -> PreparedChoice:
+    """The part of `choose` that does not depend on the grammar, so that it can be queued while the
+    bitmask is still being filled on the host."""
     logprobs = logits.log_softmax(dim=-1)
-    logits = apply_mask(apply_min_length(apply_penalties(apply_logit_bias(logits, seqs), seqs), seqs), grammar_mask)
-    chosen = logits.argmax(dim=-1)
+    logits = apply_min_length(apply_penalties(apply_logit_bias(logits, seqs), seqs), seqs)
     sampled_rows = [row for row, seq in enumerate(seqs) if not seq.params.greedy]
-    if sampled_rows:
-        rows = to_device(sampled_rows, logits.device)
-        subset = [seqs[row] for row in sampled_rows]
-        temperature = to_device([s.params.temperature for s in subset], logits.device)
-        top_k = to_device([s.params.top_k for s in subset], logits.device)
-        top_p = to_device([s.params.top_p for s in subset], logits.device)
-        filtered = apply_top_k_top_p(logits[rows] / temperature[:, None], top_k, top_p)
-        probs = filtered.softmax(dim=-1)
-        noise = _exponential_noise(subset, tuple(probs.shape), logits.device)
+    if not sampled_rows:
+        return PreparedChoice(logits, logprobs, None)
+    device, subset = logits.device, [seqs[row] for row in sampled_rows]
+    rows = to_device(sampled_rows, device)
+    temperature = to_device([s.params.temperature for s in subset], device)
+    top_k = to_device([s.params.top_k for s in subset], device)
+    top_p = to_device([s.params.top_p for s in subset], device)
+    noise = _exponential_noise(subset, (len(subset), logits.shape[-1]), device)
+    return PreparedChoice(logits, logprobs, (rows, temperature, top_k, top_p, noise))
+
+
+@torch.inference_mode()
+def complete_choice(prepared: PreparedChoice, grammar_mask: GrammarMask | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rest of `choose`: the grammar's mask, then the argmax, or top-k/top-p sampling for sampled rows."""
+    logits = apply_mask(prepared.logits, grammar_mask)
+    chosen = logits.argmax(dim=-1)
+    if prepared.sampled is not None:
+        rows, temperature, top_k, top_p, noise = prepared.sampled
+        probs = apply_top_k_top_p(logits[rows] / temperature[:, None], top_k, top_p).softmax(dim=-1)
         chosen[rows] = (probs / noise).argmax(dim=-1)
-    return chosen, logprobs.gather(1, chosen[:, None])[:, 0]
+    return chosen, prepared.logprobs.gather(1, chosen[:, None])[:, 0]

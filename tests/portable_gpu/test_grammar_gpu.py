@@ -74,3 +74,19 @@ def test_pipelined_grammar_rows_stay_valid_and_match_step_by_step(demo_checkpoin
     for engine in engines.values():
         assert engine.num_free_blocks == engine.num_total_blocks
         assert not engine.has_unfinished()
+
+
+def test_timeline_times_forwards_samplers_and_host_phases(demo_checkpoints):
+    """engine.record_timeline: CUDA events around every forward and sampler, host marks of each phase."""
+    tokenizer = AutoTokenizer.from_pretrained(str(demo_checkpoints["llama"]))
+    engine = LLMEngine.from_checkpoint(demo_checkpoints["llama"], EngineConfig(
+        device="cuda", dtype="float32", max_num_seqs=16, kv_cache_memory_bytes=64 << 20))
+    timeline = engine.record_timeline()
+    run_all(engine, grammar_requests(tokenizer.eos_token_id), {})
+    summary = timeline.summary()
+    device, host = summary["device"], summary["host"]
+    for pair in ("forward start -> forward end", "forward end -> sampler start", "sampler start -> sampler end",
+                 "sampler end -> forward start"):
+        assert device[pair]["count"] >= 10 and device[pair]["mean_ms"] >= 0, pair
+    assert device["forward start -> forward end"]["mean_ms"] > 0
+    assert host["tokens appended -> bitmask filled"]["count"] >= 10
