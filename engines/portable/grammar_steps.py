@@ -68,7 +68,17 @@ class GrammarSteps:
             return done
         if self._fill_thread is None:
             self._fill_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-fill")
-        return self._fill_thread.submit(self._fill_mask, states, out)
+        started = threading.Event()
+
+        def fill() -> GrammarMask | None:
+            started.set()
+            return self._fill_mask(states, out)
+
+        future = self._fill_thread.submit(fill)
+        # Wait until the fill thread runs: it holds the GIL until xgrammar's call releases it, and a busy
+        # loop thread would otherwise keep it from starting for up to the interpreter's switch interval.
+        started.wait()
+        return future
 
     @staticmethod
     def _chosen_rows_mask(filled: GrammarMask | None, rows: list[int], seqs: list[Sequence]) -> GrammarMask | None:
