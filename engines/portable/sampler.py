@@ -107,10 +107,14 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Te
 
 
 def _exponential_noise(seqs: list[Sequence], shape: tuple[int, int], device: torch.device) -> torch.Tensor:
-    noise = torch.empty(shape, device=device).exponential_()
+    """Exponential noise per row: a seeded row's from its own generator, drawn in place (one kernel per
+    row, the same numbers as a fresh tensor of its size), the others' from the global one in one call."""
+    noise = torch.empty(shape, device=device)
+    if any(seq.generator is None for seq in seqs):
+        noise.exponential_()
     for row, seq in enumerate(seqs):
         if seq.generator is not None:
-            noise[row] = torch.empty(shape[1], device=device).exponential_(generator=seq.generator)
+            noise[row].exponential_(generator=seq.generator)
     return noise
 
 
