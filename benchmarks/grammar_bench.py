@@ -1,6 +1,7 @@
 """What constrained decoding costs in the portable engine: N JSON-schema requests against N unconstrained ones.
 
-Both sides run the same prompts with the same sampling through `LLMEngine.generate` (all requests at once);
+Both sides run the same prompts with the same sampling through `LLMEngine.generate` (all requests at once),
+after a warm-up that puts every prompt in the prefix cache, so each timed run reuses the same prefill;
 the constrained side gives every request one of `--schemas` distinct JSON schemas (round robin), so the
 grammar cache compiles each schema once and hits for the rest. The schemas ask for long arrays of small
 objects, so every constrained request, like every unconstrained one, runs to `--output-len` tokens: the two
@@ -103,7 +104,10 @@ def measure(engine, args, temperature: float) -> dict:
     def guided(index):
         return Guide("json_schema", json.dumps(schema(index % args.schemas)))
 
-    run_side(engine, prompts[:2], params(lambda _: None)[:2])  # warm-up: graphs, allocator
+    # Warm-up over every prompt: graphs and allocator, and the prompts' KV blocks in the prefix cache, so
+    # that no timed side pays a prefill the others reuse.
+    run_side(engine, prompts, [SamplingParams(max_new_tokens=2, temperature=temperature, seed=index, end_id=None)
+                               for index in range(args.requests)])
     engine.grammars()  # the tokenizer and xgrammar loaded (once per engine, seconds) before any timed run
     free = run_side(engine, prompts, params(lambda _: None), args.timeline)
     cold = run_side(engine, prompts, params(guided))  # compiles each schema once, inside the timed run
