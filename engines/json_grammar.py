@@ -25,14 +25,14 @@ MAX_CHAINED_LENGTH = 128  # up to here the chain compiles as fast as the counted
 _BOUNDED_STRING = re.compile(r'"\\"" (\w+)\{(\d+), (\d+)\} "\\""')
 
 
-def schema_to_ebnf(schema: str | dict, strict: bool = True) -> str:
-    """EBNF (root rule `root`) of the JSON documents `schema` accepts, compact separators.
-    Raises ValueError with xgrammar's reason for a schema it cannot convert."""
+def schema_to_ebnf(schema: str | dict, strict: bool = True, any_whitespace: bool = False) -> str:
+    """EBNF (root rule `root`) of the JSON documents `schema` accepts, compact separators unless
+    `any_whitespace`. Raises ValueError with xgrammar's reason for a schema it cannot convert."""
     import xgrammar
 
     text = schema if isinstance(schema, str) else json.dumps(schema)
     try:
-        grammar = xgrammar.Grammar.from_json_schema(text, any_whitespace=False, strict_mode=strict)
+        grammar = xgrammar.Grammar.from_json_schema(text, any_whitespace=any_whitespace, strict_mode=strict)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise ValueError(first_line(exc)) from exc
     ebnf = str(grammar)

@@ -83,13 +83,18 @@ def _compile(compiler, guide: Guide):
 
 
 def _compile_structural_tag(compiler, text: str):
-    """vLLM's structural-tag object: {"structures": [{"begin", "schema", "end"}], "triggers": [...]}."""
-    import xgrammar
+    """vLLM's structural-tag object: {"structures": [{"begin", "schema", "end"}], "triggers": [...]}, as
+    xgrammar compiles it (any text until a trigger, then one of the tags), but with each schema through
+    `schema_to_ebnf` (any whitespace, as xgrammar allows there), so that its length-bounded strings are
+    chains, not xgrammar's counted form (a 10 ms fill inside a `maxLength` tool argument, not 0.005)."""
+    from xgrammar.structural_tag import GrammarFormat, StructuralTag, TagFormat, TriggeredTagsFormat
 
     spec = json.loads(text)
-    tags = [xgrammar.StructuralTagItem(begin=item["begin"], schema=json.dumps(item["schema"]), end=item["end"])
+    tags = [TagFormat(begin=item["begin"], end=item["end"],
+                      content=GrammarFormat(grammar=schema_to_ebnf(item["schema"], any_whitespace=True)))
             for item in spec["structures"]]
-    return compiler.compile_structural_tag(tags, spec["triggers"])
+    return compiler.compile_structural_tag(StructuralTag(format=TriggeredTagsFormat(triggers=spec["triggers"],
+                                                                                   tags=tags)))
 
 
 class GrammarCache:

@@ -93,6 +93,21 @@ def test_structural_tag_constrains_what_follows_a_trigger(make_engine, tokenizer
     assert state.matcher.accept_string('{"x": 3}')  # free text again
 
 
+@pytest.mark.parametrize(("call", "ok"), [('{"city": "Paris", "n": 3}', True), ('{ "city":"Paris" ,"n":3 }', True),
+                                          ('{"city": "Parisxxxxxxxxxxxxx", "n": 3}', False),
+                                          ('{"city": "P", "n": 3, "z": 1}', False)])
+def test_structural_tag_schemas_keep_bounds_and_free_whitespace(make_engine, tokenizer, call, ok):
+    """The tag's schema goes through schema_to_ebnf (bounded strings as chains) with any whitespace, as
+    xgrammar's own structural tags allow."""
+    engine = make_engine("llama")
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}, "n": {"type": "integer"}},
+              "required": ["city", "n"], "additionalProperties": False}
+    tag = {"structures": [{"begin": "<tool_call>", "schema": schema, "end": "</tool_call>"}],
+           "triggers": ["<tool_call>"]}
+    state = engine.grammars(tokenizer.eos_token_id).matcher(Guide("structural_tag", json.dumps(tag)))
+    assert state.matcher.accept_string(f"Let me look. <tool_call>{call}</tool_call> Done.") == ok
+
+
 def test_invalid_guides_are_refused_when_added(make_engine, tokenizer):
     engine = make_engine("llama")
     eos = tokenizer.eos_token_id
