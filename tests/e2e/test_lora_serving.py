@@ -136,22 +136,18 @@ def test_admin_routes_load_and_unload_with_the_admin_key_only(stack, adapters, r
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "lora_adapter_not_found"
 
 
-def test_serve_command_takes_adapters_from_folders_and_s3(demo_checkpoints, adapters, reference, tmp_path, monkeypatch):
+def test_serve_command_takes_adapters_from_folders_and_s3(demo_checkpoints, adapters, reference, tmp_path, monkeypatch,
+                                                           s3_endpoint):
     """`ingot serve --lora NAME=PATH`: a local folder and an S3 prefix (moto in server mode), same answers."""
     import os
     import signal
 
-    from moto.server import ThreadedMotoServer
-
     from engines import artifacts
     from server.stack import DEMO_API_KEY
 
-    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    s3.start()
-    host, s3_port = s3.get_host_and_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INGOT_API_KEYS", "INGOT_ADMIN", "AWS_"))}
     env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing-secret", AWS_DEFAULT_REGION="us-east-1",
-               AWS_ENDPOINT_URL=f"http://{host}:{s3_port}")
+               AWS_ENDPOINT_URL=s3_endpoint)
     for name, value in env.items():
         if name.startswith("AWS_"):
             monkeypatch.setenv(name, value)
@@ -178,7 +174,6 @@ def test_serve_command_takes_adapters_from_folders_and_s3(demo_checkpoints, adap
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
-        s3.stop()
 
 
 def test_tgi_adapter_id_runs_a_served_adapter_and_refuses_an_unknown_one(stack, reference):

@@ -78,38 +78,40 @@ def test_block_manager_reference_counts_and_eviction():
     assert blocks.cached == {} and blocks.num_free_blocks == 0
 
 
-@pytest.mark.parametrize("scaling", [
+ROPE_SCALINGS = [
     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
      "original_max_position_embeddings": 64},
     {"rope_type": "linear", "factor": 4.0},
-])
+]
+
+
+def rope_config(scaling: dict) -> dict:
+    """A one-layer Llama config.json with the given rope_scaling, for ours and transformers' alike."""
+    return {"architectures": ["LlamaForCausalLM"], "vocab_size": 32, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 512,
+            "rope_theta": 500000.0, "rope_scaling": scaling}
+
+
+@pytest.mark.parametrize("scaling", ROPE_SCALINGS)
 def test_rope_scaling_matches_transformers(scaling):
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    raw = {"architectures": ["LlamaForCausalLM"], "vocab_size": 32, "hidden_size": 64, "intermediate_size": 128,
-           "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 512,
-           "rope_theta": 500000.0, "rope_scaling": scaling}
+    raw = rope_config(scaling)
     ours = inverse_frequencies(ModelConfig.from_dict(raw))
     hf_config = LlamaConfig(**{k: v for k, v in raw.items() if k != "architectures"})
     theirs, _ = ROPE_INIT_FUNCTIONS[scaling["rope_type"]](hf_config, torch.device("cpu"))
     assert torch.allclose(ours, theirs.float(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("scaling", [
-    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-     "original_max_position_embeddings": 64},
-    {"rope_type": "linear", "factor": 4.0},
-])
+@pytest.mark.parametrize("scaling", ROPE_SCALINGS)
 def test_rope_cos_sin_match_transformers(scaling):
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
     from engines.portable.rope import RotaryEmbedding
 
-    raw = {"architectures": ["LlamaForCausalLM"], "vocab_size": 32, "hidden_size": 64, "intermediate_size": 128,
-           "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 512,
-           "rope_theta": 500000.0, "rope_scaling": scaling}
+    raw = rope_config(scaling)
     ours = RotaryEmbedding(ModelConfig.from_dict(raw), 512, torch.device("cpu"), torch.float32)
     hf = LlamaRotaryEmbedding(LlamaConfig(**{k: v for k, v in raw.items() if k != "architectures"}))
     positions = torch.tensor([0, 1, 7, 63, 64, 200, 511])
