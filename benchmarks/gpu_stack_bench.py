@@ -38,6 +38,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.results_io import commit
+from benchmarks.serving import answers_ready, wait_serving
 from benchmarks.random_checkpoint import SHAPES, write_checkpoint
 from engines.triton.launcher import free_port, log_tail
 
@@ -84,17 +85,8 @@ def spawn(name: str, command: list[str], log_path: Path, base_url: str, env: dic
 
 
 def wait_http(server: Server, path: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
-        try:
-            if httpx.get(server.base_url + path, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{server.name} not ready after {timeout:.0f}s:\n{server.log_tail()}")
+    wait_serving(server.process, answers_ready(server.base_url, path), server.log_path, timeout, poll_s=0.5,
+                 name=server.name)
 
 
 # ---- the two servers

@@ -19,21 +19,21 @@ class NotServing(RuntimeError):
     """The process exited before it served, or did not serve within the timeout."""
 
 
-def answers_ready(base_url: str) -> Callable[[], bool]:
-    """A probe: the gateway's /ready answers 200 (its model is loaded and Triton is reachable)."""
-    return lambda: httpx.get(f"{base_url}/ready", timeout=2).status_code == 200
+def answers_ready(base_url: str, path: str = "/ready") -> Callable[[], bool]:
+    """A probe: GET `path` answers 200 (the gateway's /ready: its model is loaded and Triton is reachable)."""
+    return lambda: httpx.get(f"{base_url}{path}", timeout=2).status_code == 200
 
 
 def wait_serving(process: subprocess.Popen, probe: Callable[[], bool], log_path: Path, timeout: float,
-                 poll_s: float = 0.3) -> float:
+                 poll_s: float = 0.3, name: str = "the server") -> float:
     """Seconds until `probe()` returns true. A probe that raises httpx.HTTPError (nothing listening yet, a reset
     connection) counts as not yet. Raises NotServing when `process` exits first or `timeout` seconds pass."""
     started = time.monotonic()
     while True:
         if process.poll() is not None:
-            raise NotServing(f"the server exited with status {process.returncode}:\n{log_tail(log_path)}")
+            raise NotServing(f"{name} exited with status {process.returncode}:\n{log_tail(log_path)}")
         if time.monotonic() - started > timeout:
-            raise NotServing(f"the server did not serve within {timeout:.0f} s:\n{log_tail(log_path)}")
+            raise NotServing(f"{name} did not serve within {timeout:.0f} s:\n{log_tail(log_path)}")
         try:
             if probe():
                 return time.monotonic() - started

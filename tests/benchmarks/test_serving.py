@@ -46,8 +46,9 @@ def test_a_server_that_exits_fails_at_once_with_its_log(tmp_path):
     process = start([sys.executable, "-c", "print('cannot bind: address in use'); raise SystemExit(3)"],
                     tmp_path / "server.log")
     process.wait()
-    with pytest.raises(NotServing, match=r"(?s)exited with status 3.*cannot bind: address in use"):
-        wait_serving(process, answers_ready(f"http://127.0.0.1:{free_port()}"), tmp_path / "server.log", 600)
+    with pytest.raises(NotServing, match=r"(?s)^transformers serve exited with status 3.*cannot bind: address in use"):
+        wait_serving(process, answers_ready(f"http://127.0.0.1:{free_port()}", "/health"), tmp_path / "server.log",
+                     600, name="transformers serve")
 
 
 def test_a_server_that_never_serves_times_out_with_its_log(tmp_path):
