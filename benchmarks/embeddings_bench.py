@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.results_io import commit
+from benchmarks.serving import answers_ready, wait_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "all-MiniLM-L6-v2"
@@ -99,13 +100,14 @@ def start_stack(work: Path):
                                 "--triton-url", triton.grpc_url, "--port", str(port)], cwd=ROOT, env=env,
                                stdout=open(work / "gateway.log", "wb"), stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                return triton, gateway, base_url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise RuntimeError("gateway did not start")
+    try:
+        wait_serving(gateway, answers_ready(base_url), work / "gateway.log", timeout=120, name="the gateway")
+    except BaseException:  # nothing outlives a failed start
+        gateway.kill()
+        gateway.wait()
+        triton.stop()
+        raise
+    return triton, gateway, base_url
 
 
 def markdown(record: dict) -> str:
