@@ -153,6 +153,9 @@ class PortableSettings:
     # how often cancelled requests are found and the gauges refreshed (TensorRT-LLM's parameter of that name)
     cancellation_check_period_ms: int = 100
     cpu_threads: int | None = None  # None: torch's default, one per core (engines/triton/engine_settings.py)
+    # bfloat16 on the CPU: int8 copies of the projections for decode steps (engines/portable/cpu_weights.py);
+    # "dense" turns them off
+    cpu_weights: str = "auto"
     # LoRA: adapters on the device at once (0: none served), their largest rank, and the host cache of
     # adapters sent with requests (TensorRT-LLM's lora_cache_host_memory_bytes)
     max_loras: int = 0
@@ -173,6 +176,7 @@ class PortableSettings:
             "exclude_input_in_output": "true",
             "cancellation_check_period_ms": str(self.cancellation_check_period_ms),
             "cpu_threads": "auto" if self.cpu_threads is None else str(self.cpu_threads),
+            "cpu_weights": self.cpu_weights,
             "max_loras": str(self.max_loras),
             "max_lora_rank": str(self.max_lora_rank),
             "lora_cache_host_memory_bytes": str(self.lora_cache_host_memory_bytes),

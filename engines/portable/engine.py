@@ -27,6 +27,7 @@ import torch
 
 from engines.portable.block_manager import BlockManager
 from engines.portable.config import EngineConfig, ModelConfig
+from engines.portable.cpu_weights import wants_int8
 from engines.portable.cuda_graphs import Launch
 from engines.portable.grammar_steps import GrammarSteps
 from engines.portable.loader import load_weights, torch_dtype
@@ -84,7 +85,9 @@ class LLMEngine(BeamSteps, GrammarSteps):
     def from_checkpoint(cls, checkpoint_dir: str | Path, config: EngineConfig | None = None) -> "LLMEngine":
         config = config or EngineConfig()
         model_config = ModelConfig.from_dir(checkpoint_dir)
-        weights = load_weights(Path(checkpoint_dir), model_config, config.device, torch_dtype(config.dtype))
+        dtype = torch_dtype(config.dtype)
+        int8_rows = config.cpu_int8_max_rows if wants_int8(config.cpu_weights, config.device, dtype) else 0
+        weights = load_weights(Path(checkpoint_dir), model_config, config.device, dtype, int8_rows)
         engine = cls(model_config, config, weights)
         engine.tokenizer_dir = Path(checkpoint_dir)
         return engine

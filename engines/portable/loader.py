@@ -7,6 +7,7 @@ import torch
 from safetensors import safe_open
 
 from engines.portable.config import ModelConfig
+from engines.portable.cpu_weights import quantize
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,8 +30,11 @@ def read_tensors(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_weights(checkpoint_dir: Path, config: ModelConfig, device: str, dtype: torch.dtype) -> dict:
-    """Weights by role: embed, norm, lm_head, and per layer qkv, o, gate_up, down and the two norms."""
+def load_weights(checkpoint_dir: Path, config: ModelConfig, device: str, dtype: torch.dtype,
+                 int8_rows: int = 0) -> dict:
+    """Weights by role: embed, norm, lm_head, and per layer qkv, o, gate_up, down and the two norms. With
+    `int8_rows` > 0 the projections and lm_head also get int8 copies (engines/portable/cpu_weights.py), used for
+    steps of up to that many tokens, quantized from the checkpoint's own precision."""
     raw = read_tensors(checkpoint_dir)
 
     def take(name: str) -> torch.Tensor:
@@ -41,6 +45,10 @@ def load_weights(checkpoint_dir: Path, config: ModelConfig, device: str, dtype: 
     def put(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(device=device, dtype=dtype).contiguous()
 
+    def projection(tensor: torch.Tensor, dense: torch.Tensor | None = None):
+        dense = put(tensor) if dense is None else dense
+        return quantize(tensor, dense, int8_rows) if int8_rows > 0 else dense
+
     layers = []
     for index in range(config.num_layers):
         prefix = f"model.layers.{index}"
@@ -48,11 +56,14 @@ def load_weights(checkpoint_dir: Path, config: ModelConfig, device: str, dtype: 
         layers.append({
             "input_norm": put(take(f"{prefix}.input_layernorm.weight")),
             "post_norm": put(take(f"{prefix}.post_attention_layernorm.weight")),
-            "qkv": put(torch.cat([take(f"{attn}.{p}_proj.weight") for p in "qkv"], dim=0)),
-            "o": put(take(f"{attn}.o_proj.weight")),
-            "gate_up": put(torch.cat([take(f"{mlp}.gate_proj.weight"), take(f"{mlp}.up_proj.weight")], dim=0)),
-            "down": put(take(f"{mlp}.down_proj.weight")),
+            "qkv": projection(torch.cat([take(f"{attn}.{p}_proj.weight") for p in "qkv"], dim=0)),
+            "o": projection(take(f"{attn}.o_proj.weight")),
+            "gate_up": projection(torch.cat([take(f"{mlp}.gate_proj.weight"), take(f"{mlp}.up_proj.weight")], dim=0)),
+            "down": projection(take(f"{mlp}.down_proj.weight")),
         })
     embed = put(take("model.embed_tokens.weight"))
-    lm_head = embed if config.tie_word_embeddings else put(take("lm_head.weight"))
+    if config.tie_word_embeddings:
+        lm_head = projection(take("model.embed_tokens.weight"), dense=embed)
+    else:
+        lm_head = projection(take("lm_head.weight"))
     return {"embed": embed, "norm": put(take("model.norm.weight")), "lm_head": lm_head, "layers": layers}

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from engines.portable.attention import AttentionMetadata, paged_attention, write_kv
 from engines.portable.config import ModelConfig
+from engines.portable.cpu_weights import linear
 from engines.portable.rope import RotaryEmbedding
 
 
@@ -36,18 +37,18 @@ class CausalLM:
     def _attention(self, index: int, layer: dict, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                    cache: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor | None) -> torch.Tensor:
         cfg = self.config
-        qkv = self._project(index, "qkv", x, F.linear(x, layer["qkv"]), slots)
+        qkv = self._project(index, "qkv", x, linear(x, layer["qkv"]), slots)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = self.rope(q.view(-1, cfg.num_heads, cfg.head_dim), positions)
         k = self.rope(k.view(-1, cfg.num_kv_heads, cfg.head_dim), positions)
         write_kv(cache[0], cache[1], k, v.view(-1, cfg.num_kv_heads, cfg.head_dim), meta)
         out = paged_attention(q, cache[0], cache[1], meta, self.scale).reshape(-1, self.q_size)
-        return self._project(index, "o", out, F.linear(out, layer["o"]), slots)
+        return self._project(index, "o", out, linear(out, layer["o"]), slots)
 
     def _mlp(self, index: int, layer: dict, x: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
-        gate, up = self._project(index, "gate_up", x, F.linear(x, layer["gate_up"]), slots).chunk(2, dim=-1)
+        gate, up = self._project(index, "gate_up", x, linear(x, layer["gate_up"]), slots).chunk(2, dim=-1)
         act = F.silu(gate) * up
-        return self._project(index, "down", act, F.linear(act, layer["down"]), slots)
+        return self._project(index, "down", act, linear(act, layer["down"]), slots)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
@@ -100,4 +101,4 @@ class CausalLM:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.fused and hidden.is_cuda:
             return self._linear(hidden, self.weights["lm_head"]).float()
-        return F.linear(hidden, self.weights["lm_head"]).float()
+        return linear(hidden, self.weights["lm_head"]).float()

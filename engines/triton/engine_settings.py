@@ -74,6 +74,7 @@ def engine_config_from_parameters(parameters: dict[str, str]):
         enable_prefix_caching=parameters.get("enable_kv_cache_reuse", "true").lower() == "true",
         max_loras=int(parameters.get("max_loras", 0)),
         max_lora_rank=int(parameters.get("max_lora_rank", 16)),
+        cpu_weights=parameters.get("cpu_weights", "auto"),
     )
 
 

@@ -33,6 +33,13 @@ def test_explicit_settings_pass_through():
     assert (config.max_num_seqs, config.max_num_batched_tokens, config.enable_prefix_caching) == (8, 1024, False)
 
 
+def test_cpu_int8_weights_are_on_by_default_and_can_be_turned_off():
+    assert engine_config_from_parameters(PortableSettings().parameters()).cpu_weights == "auto"
+    params = PortableSettings(cpu_weights="dense").parameters()
+    assert params["cpu_weights"] == "dense"
+    assert engine_config_from_parameters(params).cpu_weights == "dense"
+
+
 def test_cancellation_check_period_mirrors_tensorrt_llm():
     assert cancellation_check_period_s(PortableSettings().parameters()) == 0.1
     assert cancellation_check_period_s(PortableSettings(cancellation_check_period_ms=20).parameters()) == 0.02

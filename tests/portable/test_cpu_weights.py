@@ -1,0 +1,67 @@
+"""Weight-only int8 projections for bfloat16 decoding on the CPU (engines/portable/cpu_weights.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engines.portable.cpu_weights import Int8Weight, linear, quantize, wants_int8
+from engines.portable.sampling import SamplingParams
+from tests.portable.conftest import prompt_of
+
+
+def test_int8_rows_match_the_dense_product_within_quantization_error():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(96, 64, generator=generator) * 0.05
+    packed = quantize(weight, weight.bfloat16(), max_rows=4)
+    x = torch.randn(3, 64, generator=generator).bfloat16()
+    exact = x.float() @ weight.t()
+    got = linear(x, packed).float()
+    assert got.shape == (3, 96)
+    # one int8 step is 1/127 of the channel's largest weight: the error stays a small fraction of the output
+    assert (got - exact).abs().max() < 0.02 * exact.abs().max()
+    assert not torch.equal(got, F.linear(x, packed.dense).float())  # the int8 kernel ran, not the dense one
+
+
+def test_many_rows_use_the_dense_weight_exactly():
+    weight = torch.randn(32, 16)
+    packed = quantize(weight, weight.bfloat16(), max_rows=4)
+    x = torch.randn(5, 16).bfloat16()
+    assert torch.equal(linear(x, packed), F.linear(x, packed.dense))
+
+
+def test_a_zero_channel_quantizes_to_zeros():
+    weight = torch.zeros(8, 16)
+    weight[0] = 1.0
+    packed = quantize(weight, weight.bfloat16(), max_rows=1)
+    assert torch.isfinite(packed.scale.float()).all()
+    assert torch.equal(packed.q[1:], torch.zeros(7, 16, dtype=torch.int8))
+
+
+def test_which_settings_get_int8():
+    assert wants_int8("auto", "cpu", torch.bfloat16)
+    assert not wants_int8("auto", "cpu", torch.float32)  # the fidelity reference stays untouched
+    assert not wants_int8("auto", "cuda", torch.bfloat16)
+    assert not wants_int8("dense", "cpu", torch.bfloat16)
+    assert wants_int8("int8", "cpu", torch.bfloat16)
+    with pytest.raises(ValueError, match="needs bfloat16 on the CPU"):
+        wants_int8("int8", "cpu", torch.float32)
+    with pytest.raises(ValueError, match="cpu_weights must be one of"):
+        wants_int8("int4", "cpu", torch.bfloat16)
+
+
+def test_bfloat16_engine_decodes_with_int8_close_to_dense(make_engine):
+    prompt = prompt_of(24, seed=3)
+    params = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_end_id=True, return_logprobs=True)
+    dense = make_engine("llama", dtype="bfloat16", cpu_weights="dense")
+    packed = make_engine("llama", dtype="bfloat16", cpu_weights="auto")
+    assert isinstance(packed.runner.model.weights["layers"][0]["qkv"], Int8Weight)
+    assert isinstance(packed.runner.model.weights["lm_head"], Int8Weight)
+    assert not isinstance(dense.runner.model.weights["layers"][0]["qkv"], Int8Weight)
+    want = dense.generate_outputs([prompt], params)[0].choices[0]
+    got = packed.generate_outputs([prompt], params)[0].choices[0]
+    assert len(got.token_ids) == 6
+    # the prompt's layers run dense (24 rows), its one sampled row through the int8 lm_head; then int8 decode steps
+    assert got.token_ids[:2] == want.token_ids[:2]
+    assert got.logprobs[:2] == pytest.approx(want.logprobs[:2], abs=0.05)
+    assert got.logprobs[:2] != want.logprobs[:2]
