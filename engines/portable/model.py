@@ -34,14 +34,17 @@ class CausalLM:
             return out
         return self.lora.add_delta(index, name, x, out, token_slots)
 
-    def _attention(self, index: int, layer: dict, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                   cache: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor | None) -> torch.Tensor:
+    def _attention(self, index: int, layer: dict, x: torch.Tensor, angles: tuple[torch.Tensor, torch.Tensor],
+                   meta: AttentionMetadata, cache: tuple[torch.Tensor, torch.Tensor],
+                   slots: torch.Tensor | None) -> torch.Tensor:
         cfg = self.config
         qkv = self._project(index, "qkv", x, linear(x, layer["qkv"]), slots)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = self.rope(q.view(-1, cfg.num_heads, cfg.head_dim), positions)
-        k = self.rope(k.view(-1, cfg.num_kv_heads, cfg.head_dim), positions)
-        write_kv(cache[0], cache[1], k, v.view(-1, cfg.num_kv_heads, cfg.head_dim), meta)
+        # q and k rotated in one pass: [T, heads + kv_heads, D]
+        qk = self.rope.rotate(qkv[:, :self.q_size + self.kv_size].view(-1, cfg.num_heads + cfg.num_kv_heads,
+                                                                         cfg.head_dim), *angles)
+        q, k = qk[:, :cfg.num_heads], qk[:, cfg.num_heads:]
+        v = qkv[:, self.q_size + self.kv_size:].view(-1, cfg.num_kv_heads, cfg.head_dim)
+        write_kv(cache[0], cache[1], k, v, meta)
         out = paged_attention(q, cache[0], cache[1], meta, self.scale).reshape(-1, self.q_size)
         return self._project(index, "o", out, linear(out, layer["o"]), slots)
 
@@ -59,8 +62,9 @@ class CausalLM:
             return self._forward_fused(input_ids, positions, meta, kv_caches, lora_slots)
         eps = self.config.rms_norm_eps
         hidden = F.embedding(input_ids, self.weights["embed"])
+        angles = self.rope.angles(positions)  # once per step, not per layer
         for index, (layer, cache) in enumerate(zip(self.weights["layers"], kv_caches, strict=True)):
-            hidden = hidden + self._attention(index, layer, rms_norm(hidden, layer["input_norm"], eps), positions,
+            hidden = hidden + self._attention(index, layer, rms_norm(hidden, layer["input_norm"], eps), angles,
                                               meta, cache, lora_slots)
             hidden = hidden + self._mlp(index, layer, rms_norm(hidden, layer["post_norm"], eps), lora_slots)
         return rms_norm(hidden, self.weights["norm"], eps)
