@@ -156,6 +156,8 @@ class PortableSettings:
     # bfloat16 on the CPU: int8 copies of the projections for decode steps (engines/portable/cpu_weights.py);
     # "dense" turns them off
     cpu_weights: str = "auto"
+    # threads of the CPU's small (decode) steps; 0: as many as every other step (engines/portable/cpu_threads.py)
+    cpu_small_step_threads: int = 1
     # LoRA: adapters on the device at once (0: none served), their largest rank, and the host cache of
     # adapters sent with requests (TensorRT-LLM's lora_cache_host_memory_bytes)
     max_loras: int = 0
@@ -177,6 +179,7 @@ class PortableSettings:
             "cancellation_check_period_ms": str(self.cancellation_check_period_ms),
             "cpu_threads": "auto" if self.cpu_threads is None else str(self.cpu_threads),
             "cpu_weights": self.cpu_weights,
+            "cpu_small_step_threads": str(self.cpu_small_step_threads),
             "max_loras": str(self.max_loras),
             "max_lora_rank": str(self.max_lora_rank),
             "lora_cache_host_memory_bytes": str(self.lora_cache_host_memory_bytes),

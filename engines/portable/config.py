@@ -103,6 +103,9 @@ class EngineConfig:
     # (engines/portable/cpu_weights.py): "auto" (on for bfloat16 on the CPU), "int8" or "dense" (off)
     cpu_weights: str = "auto"
     cpu_int8_max_rows: int = 4
+    # intra-op threads of CPU steps of up to cpu_int8_max_rows tokens (engines/portable/cpu_threads.py; 0: the
+    # process's own count, as for every larger step)
+    cpu_small_step_threads: int = 1
 
     def __post_init__(self):
         if self.block_size <= 0 or self.max_num_seqs <= 0:
@@ -114,5 +117,7 @@ class EngineConfig:
             raise ValueError("max_loras must be >= 0 and max_lora_rank positive")
         if self.lora_kernel not in ("auto", "triton", "torch"):
             raise ValueError(f"lora_kernel must be auto, triton or torch, got {self.lora_kernel!r}")
+        if self.cpu_small_step_threads < 0 or self.cpu_int8_max_rows < 0:
+            raise ValueError("cpu_small_step_threads and cpu_int8_max_rows must be >= 0")
         if self.max_num_batched_tokens <= 0:
             raise ValueError("max_num_batched_tokens must be positive")

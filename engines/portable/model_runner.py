@@ -7,6 +7,7 @@ import torch
 
 from engines.portable.attention import AttentionMetadata, GpuAttentionMetadata
 from engines.portable.config import EngineConfig
+from engines.portable.cpu_threads import step_threads
 from engines.portable.cuda_graphs import DecodeGraphs, Launch
 from engines.portable.model import CausalLM
 from engines.portable.sequence import Sequence
@@ -114,14 +115,20 @@ class ModelRunner:
         if not context_rows and self.graph_decode(scheduled, sample_rows):
             return self.graphs.logits_of(self.launch_decode([seq for seq, _ in scheduled])), {}
         input_ids, positions, meta, last_token, lora_slots = self._prepare(scheduled)
-        hidden = self.model.forward(input_ids, positions, meta, self.kv_caches, lora_slots)
-        rows = last_token[torch.tensor(sample_rows, dtype=torch.long, device=self.device)]
-        context = {}
-        for index in context_rows:
-            count = scheduled[index][1]
-            end = int(last_token[index]) + 1
-            context[index] = self.model.logits(hidden[end - count:end]).float().cpu()
-        return self.model.logits(hidden[rows]), context
+        with self._threads(input_ids.numel()):
+            hidden = self.model.forward(input_ids, positions, meta, self.kv_caches, lora_slots)
+            rows = last_token[torch.tensor(sample_rows, dtype=torch.long, device=self.device)]
+            context = {}
+            for index in context_rows:
+                count = scheduled[index][1]
+                end = int(last_token[index]) + 1
+                context[index] = self.model.logits(hidden[end - count:end]).float().cpu()
+            return self.model.logits(hidden[rows]), context
+
+    def _threads(self, tokens: int):
+        """The intra-op threads of a step on the CPU: fewer for small steps (engines/portable/cpu_threads.py)."""
+        threads = self.config.cpu_small_step_threads if self.device.type == "cpu" else 0
+        return step_threads(tokens, self.config.cpu_int8_max_rows, threads)
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """Copy whole KV blocks (source, destination) in every layer: a forked sequence's partial block."""

@@ -75,6 +75,7 @@ def engine_config_from_parameters(parameters: dict[str, str]):
         max_loras=int(parameters.get("max_loras", 0)),
         max_lora_rank=int(parameters.get("max_lora_rank", 16)),
         cpu_weights=parameters.get("cpu_weights", "auto"),
+        cpu_small_step_threads=int(parameters.get("cpu_small_step_threads", 1)),
     )
 
 

@@ -52,7 +52,7 @@ def test_which_settings_get_int8():
 
 def test_bfloat16_engine_decodes_with_int8_close_to_dense(make_engine):
     prompt = prompt_of(24, seed=3)
-    params = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_end_id=True, return_logprobs=True)
+    params = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_end_id=True, return_generation_logits=True)
     dense = make_engine("llama", dtype="bfloat16", cpu_weights="dense")
     packed = make_engine("llama", dtype="bfloat16", cpu_weights="auto")
     assert isinstance(packed.runner.model.weights["layers"][0]["qkv"], Int8Weight)
@@ -61,7 +61,10 @@ def test_bfloat16_engine_decodes_with_int8_close_to_dense(make_engine):
     want = dense.generate_outputs([prompt], params)[0].choices[0]
     got = packed.generate_outputs([prompt], params)[0].choices[0]
     assert len(got.token_ids) == 6
-    # the prompt's layers run dense (24 rows), its one sampled row through the int8 lm_head; then int8 decode steps
-    assert got.token_ids[:2] == want.token_ids[:2]
-    assert got.logprobs[:2] == pytest.approx(want.logprobs[:2], abs=0.05)
-    assert got.logprobs[:2] != want.logprobs[:2]
+    # the prompt's layers run dense (24 rows), its one sampled row through the int8 lm_head; then an int8 decode
+    # step from the same first token (random weights: later tokens may differ on near ties)
+    assert got.token_ids[0] == want.token_ids[0]
+    for step in (0, 1):
+        ours, dense_row = got.logits[step].float().flatten(), want.logits[step].float().flatten()
+        assert not torch.equal(ours, dense_row)
+        assert (ours - dense_row).abs().max() < 0.05 * dense_row.abs().max()
