@@ -232,19 +232,21 @@ class LLMEngine(BeamSteps, GrammarSteps):
                 if self._in_flight.launch.event is None:  # every token before this step is appended
                     self._finish(self._in_flight)
                 return outputs
-        # The forward runs even when nobody samples: a step of prefill chunks alone fills the KV cache.
-        context_rows = [row for row, (seq, _) in enumerate(scheduled) if self._wants_context(seq)]
-        logits, context = self.runner.run_with_context(scheduled, completing, context_rows)
-        for row, rows in context.items():
-            seq, count = scheduled[row]
-            self.groups[seq.request_id].keep_context(seq.num_computed_tokens, count, rows, seq.num_prompt_tokens)
-        for seq, count in scheduled:
-            seq.num_computed_tokens += count
-            self.blocks.register_full_blocks(seq)
-        if not completing:
-            return outputs
-        seqs = [scheduled[row][0] for row in completing]
-        return outputs + self._sample_step(logits, seqs)
+        # Small steps run on fewer threads, sampling included (engines/portable/cpu_threads.py).
+        with self.runner.step_threads(scheduled):
+            # The forward runs even when nobody samples: a step of prefill chunks alone fills the KV cache.
+            context_rows = [row for row, (seq, _) in enumerate(scheduled) if self._wants_context(seq)]
+            logits, context = self.runner.run_with_context(scheduled, completing, context_rows)
+            for row, rows in context.items():
+                seq, count = scheduled[row]
+                self.groups[seq.request_id].keep_context(seq.num_computed_tokens, count, rows, seq.num_prompt_tokens)
+            for seq, count in scheduled:
+                seq.num_computed_tokens += count
+                self.blocks.register_full_blocks(seq)
+            if not completing:
+                return outputs
+            seqs = [scheduled[row][0] for row in completing]
+            return outputs + self._sample_step(logits, seqs)
 
     def _wants_context(self, seq: Sequence) -> bool:
         group = self.groups[seq.request_id]

@@ -115,7 +115,7 @@ class ModelRunner:
         if not context_rows and self.graph_decode(scheduled, sample_rows):
             return self.graphs.logits_of(self.launch_decode([seq for seq, _ in scheduled])), {}
         input_ids, positions, meta, last_token, lora_slots = self._prepare(scheduled)
-        with self._threads(input_ids.numel()):
+        with self.step_threads(scheduled):
             hidden = self.model.forward(input_ids, positions, meta, self.kv_caches, lora_slots)
             rows = last_token[torch.tensor(sample_rows, dtype=torch.long, device=self.device)]
             context = {}
@@ -125,10 +125,10 @@ class ModelRunner:
                 context[index] = self.model.logits(hidden[end - count:end]).float().cpu()
             return self.model.logits(hidden[rows]), context
 
-    def _threads(self, tokens: int):
+    def step_threads(self, scheduled: list[tuple[Sequence, int]]):
         """The intra-op threads of a step on the CPU: fewer for small steps (engines/portable/cpu_threads.py)."""
         threads = self.config.cpu_small_step_threads if self.device.type == "cpu" else 0
-        return step_threads(tokens, self.config.cpu_int8_max_rows, threads)
+        return step_threads(sum(count for _, count in scheduled), self.config.cpu_int8_max_rows, threads)
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """Copy whole KV blocks (source, destination) in every layer: a forked sequence's partial block."""

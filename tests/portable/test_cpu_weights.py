@@ -68,3 +68,27 @@ def test_bfloat16_engine_decodes_with_int8_close_to_dense(make_engine):
         ours, dense_row = got.logits[step].float().flatten(), want.logits[step].float().flatten()
         assert not torch.equal(ours, dense_row)
         assert (ours - dense_row).abs().max() < 0.05 * dense_row.abs().max()
+
+
+def test_small_steps_run_on_one_thread_and_restore_the_count(make_engine):
+    from engines.portable.cpu_threads import step_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with step_threads(tokens=1, small_step_tokens=4, small_step_threads=1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with step_threads(tokens=5, small_step_tokens=4, small_step_threads=1):
+            assert torch.get_num_threads() == 2  # a prefill keeps every thread
+        with step_threads(tokens=1, small_step_tokens=4, small_step_threads=0):
+            assert torch.get_num_threads() == 2  # 0: off
+        engine = make_engine("llama", dtype="bfloat16")
+        seen = []
+        forward = engine.runner.model.forward
+        engine.runner.model.forward = lambda *args: seen.append(torch.get_num_threads()) or forward(*args)
+        engine.generate([prompt_of(8, seed=1)], SamplingParams(max_new_tokens=3, temperature=0.0, ignore_end_id=True))
+        assert seen == [2, 1, 1]  # the 8-token prompt on both threads, then one-token steps on one
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
