@@ -243,7 +243,7 @@ def decode_request(tensors: dict[str, np.ndarray]) -> GenerationRequest:
     seed = _first(tensors, "random_seed", None)
     stop_words = tensors.get("stop_words_list")
     return GenerationRequest(
-        input_ids=[int(t) for t in input_ids[:length]],
+        input_ids=input_ids[:length].astype(np.int64).tolist(),
         request_output_len=int(_first(tensors, "request_output_len", 0)),
         end_id=_optional_int(_first(tensors, "end_id", None)),
         pad_id=_optional_int(_first(tensors, "pad_id", None)),

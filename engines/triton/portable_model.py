@@ -11,6 +11,7 @@ Decoupled, with three threads besides Triton's:
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import threading
@@ -28,6 +29,8 @@ from engines.triton.engine_settings import (
     lora_host_cache_bytes,
 )
 from engines.triton.lora_tasks import LoraTasks
+from engines.triton.processes import name_this_thread
+from engines.triton.response_tensors import chunk_tensors, plain_tensors, wanted
 from engines.triton.responses import Flight, Outbox, Outgoing
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -58,7 +61,11 @@ class TritonPythonModel:
         self.stopping = threading.Event()
         self.gauges = self._make_gauges(args["model_name"])
         self.loop = threading.Thread(target=self._run, name="portable-engine", daemon=True)
-        self.monitor = threading.Thread(target=self._watch, name="portable-monitor", daemon=True)
+        self.monitor = threading.Thread(target=self._watch, name="portable-watch", daemon=True)
+        # What loading made lives as long as the model: a full collection under load (with the GIL held,
+        # stalling the engine thread) need not walk it again.
+        gc.collect()
+        gc.freeze()
         self.loop.start()
         self.monitor.start()
         self.logger.log_info(f"portable engine ready: {checkpoint} ({self.engine.config.device}, "
@@ -90,24 +97,20 @@ class TritonPythonModel:
 
     def _accept(self, request) -> None:
         sender = request.get_response_sender()
-        tensors = {}
-        for spec in contract.INPUTS:
-            tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
-            if tensor is not None:
-                tensors[spec.name] = tensor.as_numpy()
         client_id = request.request_id() or ""
         try:
-            generation = contract.decode_request(tensors)
+            generation = contract.decode_request(_input_arrays(request))
             if generation.stop:
                 self._stop_client_id(client_id)
                 sender.send(flags=FINAL)
                 return
-            self._submit(generation, sender, client_id)
+            self._submit(generation, sender, client_id, wanted(request.requested_output_names()))
         except ValueError as exc:
             error = pb_utils.TritonError(f"invalid request: {exc}")
             sender.send(pb_utils.InferenceResponse(output_tensors=[], error=error), flags=FINAL)
 
-    def _submit(self, generation: contract.GenerationRequest, sender, client_id: str) -> None:
+    def _submit(self, generation: contract.GenerationRequest, sender, client_id: str,
+                outputs: frozenset[str] | None) -> None:
         from engines.portable.sampling import SamplingParams
 
         if generation.beam_width < 1:
@@ -115,7 +118,7 @@ class TritonPythonModel:
         lora = self.lora_tasks.resolve(generation.lora_task_id, generation.lora_weights, generation.lora_config)
         internal_id = uuid.uuid4().hex
         flight = Flight(sender, client_id, generation.streaming, generation.return_log_probs,
-                        beam_search=generation.beam_width > 1)
+                        beam_search=generation.beam_width > 1, outputs=outputs)
         self.outbox.add(internal_id, flight)
         try:
             self.engine.add_request(internal_id, generation.input_ids, SamplingParams.from_request(generation), lora)
@@ -133,6 +136,7 @@ class TritonPythonModel:
     # ---- the engine thread: steps only, no I/O
 
     def _run(self) -> None:
+        name_this_thread()
         while not self.stopping.is_set():
             try:
                 if not self.engine.has_unfinished():
@@ -148,6 +152,7 @@ class TritonPythonModel:
     # ---- the monitor: cancellation and gauges, on a period
 
     def _watch(self) -> None:
+        name_this_thread()
         while not self.stopping.wait(self.check_period):
             if os.getppid() != self.server_pid:
                 # tritonserver died without unloading the model (SIGKILL, a crash): the stub's own exit path
@@ -196,8 +201,7 @@ class TritonPythonModel:
             if outgoing.final:  # nobody listens: only the final flag, which frees the request in Triton
                 outgoing.flight.sender.send(flags=FINAL)
             return
-        chunk = _chunk_of(outgoing)
-        tensors = [pb_utils.Tensor(name, array) for name, array in contract.encode_chunk(chunk).items()]
+        tensors = [_tensor(name, array) for name, array in _tensors_of(outgoing).items()]
         outgoing.flight.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=flags)
 
     # ---- unloading
@@ -213,6 +217,45 @@ class TritonPythonModel:
         if not self.outbox.close(timeout=FINALIZE_WAIT_S):
             self.logger.log_warn("portable engine: responses still being sent at unload")
         self.monitor.join(timeout=FINALIZE_WAIT_S)
+
+
+def _input_arrays(request) -> dict:
+    """The request's contract inputs by name, in one pass (pb_utils.get_input_tensor_by_name walks every
+    input again for each name asked)."""
+    arrays = {}
+    for tensor in request.inputs():
+        name = tensor.name()
+        if name in contract.INPUT_SPECS:
+            arrays[name] = tensor.as_numpy()
+    return arrays
+
+
+# `sequence_length` [[n]] of one-beam responses with n below this: one pb_utils.Tensor each, made once. A sent
+# response's CPU tensors are copied into Triton's own output buffers during `send` (python_backend
+# InferResponse::Send), and a Tensor keeps its shared-memory copy while it lives, so the same immutable
+# Tensor can go out in any number of responses; only the sender thread uses these.
+SHARED_LENGTHS = 64
+_length_tensors: dict[int, object] = {}
+
+
+def _tensor(name: str, array):
+    """A pb_utils.Tensor for the array (each costs the sender several microseconds under the GIL)."""
+    if name == "sequence_length" and array.shape == (1, 1) and array[0, 0] < SHARED_LENGTHS:
+        count = int(array[0, 0])
+        tensor = _length_tensors.get(count)
+        if tensor is None:
+            tensor = _length_tensors[count] = pb_utils.Tensor(name, array)
+        return tensor
+    return pb_utils.Tensor(name, array)
+
+
+def _tensors_of(outgoing: Outgoing) -> dict:
+    """The response's output tensors: plain tokens built directly, anything else through the contract."""
+    log_probs = outgoing.log_probs
+    if (not outgoing.beams and not outgoing.logits and outgoing.context_logits is None
+            and (log_probs is None or len(log_probs) == len(outgoing.ids))):
+        return plain_tensors(outgoing.ids, log_probs, outgoing.cum_log_prob, outgoing.flight.outputs)
+    return chunk_tensors(_chunk_of(outgoing), outgoing.flight.outputs)
 
 
 def _chunk_of(outgoing: Outgoing) -> contract.GenerationChunk:

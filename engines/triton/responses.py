@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from engines.triton.processes import name_this_thread
+
 
 @dataclass
 class Flight:
@@ -39,9 +41,11 @@ class Flight:
     context_logits: object = None  # the prompt's logits rows, sent with the next response
     cum_log_prob: float | None = None
     beams: list = field(default_factory=list)  # beam search: (ids, log_probs, cum_log_prob) of each beam
+    outputs: frozenset[str] | None = None  # the output tensors the client asked for; None: all
+    answered: bool = False  # a response has left for it (the sender sends first responses first)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outgoing:
     """What the sender thread sends for one request: its waiting tokens, maybe flagged final."""
 
@@ -59,6 +63,10 @@ class Outgoing:
 SendFn = Callable[[Outgoing], None]
 
 
+def _answered(flight: Flight) -> bool:
+    return flight.answered
+
+
 class Outbox:
     def __init__(self, send: SendFn, log_error: Callable[[str], None]):
         self._send, self._log_error = send, log_error
@@ -66,7 +74,7 @@ class Outbox:
         self._flights: dict[str, Flight] = {}
         self._ready: dict[str, Flight] = {}
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="portable-responses", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="portable-sender", daemon=True)
         self._thread.start()
 
     # ---- the request side (Triton's execute thread, the cancellation monitor)
@@ -140,8 +148,11 @@ class Outbox:
             if not self._ready:
                 return None
             ready, self._ready = self._ready, {}
+            # Requests waiting for their first response go first: time to first token is what a
+            # newcomer waits, while a running stream's next tokens only gather in its buffer meanwhile.
             batch = []
-            for flight in ready.values():
+            for flight in sorted(ready.values(), key=_answered):
+                flight.answered = True
                 batch.append(Outgoing(flight, flight.pending_ids,
                                       flight.pending_log_probs if flight.return_log_probs else None,
                                       flight.final, flight.error, flight.pending_logits, flight.context_logits,
@@ -151,6 +162,7 @@ class Outbox:
             return batch
 
     def _run(self) -> None:
+        name_this_thread()
         while (batch := self._take()) is not None:
             for outgoing in batch:
                 try:
