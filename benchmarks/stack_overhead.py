@@ -53,16 +53,28 @@ class Point:
     gateway_cpu_s: float
     triton_cpu_s: float  # tritonserver and its Python-backend stub(s)
     stub_cpu_s: float
+    # the stub's CPU seconds by thread (engines/triton names its threads in the OS): the engine loop
+    # (the model's forward included), the response sender, request intake (the stub's main thread runs
+    # `execute`) and the rest (the cancellation watch, the stub's own IPC threads)
+    stub_threads_cpu_s: dict[str, float] | None = None
 
     @property
     def derived(self) -> dict:
         per_token = 1e6 / max(self.tokens, 1)
-        return {"tok_s": round(self.tokens / self.wall_s, 1),
-                "chunks_per_token": round(self.chunks / max(self.tokens, 1), 3),
-                "gateway_us_per_token": round(self.gateway_cpu_s * per_token, 1),
-                "triton_us_per_token": round(self.triton_cpu_s * per_token, 1),
-                "stub_us_per_token": round(self.stub_cpu_s * per_token, 1),
-                "stack_us_per_token": round((self.gateway_cpu_s + self.triton_cpu_s) * per_token, 1)}
+        figures = {"tok_s": round(self.tokens / self.wall_s, 1),
+                   "chunks_per_token": round(self.chunks / max(self.tokens, 1), 3),
+                   "gateway_us_per_token": round(self.gateway_cpu_s * per_token, 1),
+                   "triton_us_per_token": round(self.triton_cpu_s * per_token, 1),
+                   "stub_us_per_token": round(self.stub_cpu_s * per_token, 1),
+                   "stack_us_per_token": round((self.gateway_cpu_s + self.triton_cpu_s) * per_token, 1)}
+        threads = self.stub_threads_cpu_s or {}
+        if threads:
+            figures.update({"engine_us_per_token": round(threads.get("engine", 0.0) * per_token, 1),
+                            "sender_us_per_token": round(threads.get("sender", 0.0) * per_token, 1),
+                            "intake_us_per_request": round(threads.get("intake", 0.0) * 1e6 / max(self.requests, 1),
+                                                           1),
+                            "stub_rest_us_per_token": round(threads.get("rest", 0.0) * per_token, 1)})
+        return figures
 
 
 def tree_cpu(pid: int) -> dict[int, float]:
@@ -82,6 +94,32 @@ def tree_cpu(pid: int) -> dict[int, float]:
     return seconds
 
 
+THREAD_ROLES = {"portable-engine": "engine", "portable-sender": "sender"}
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Each thread of process `pid`: (its role, user + system CPU seconds), by thread id."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        tid = int(task.name)
+        role = "intake" if tid == pid else THREAD_ROLES.get(name, "rest")
+        threads[tid] = (role, (int(fields[11]) + int(fields[12])) / ticks)  # utime, stime
+    return threads
+
+
+def roles_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    spent: dict[str, float] = {}
+    for tid, (role, seconds) in after.items():
+        spent[role] = spent.get(role, 0.0) + seconds - before.get(tid, (role, 0.0))[1]
+    return {role: round(value, 3) for role, value in spent.items()}
+
+
 def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(value - before.get(pid, 0.0) for pid, value in after.items())
 
@@ -98,7 +136,8 @@ def start_stack(args, work: Path, key: str):
 
     checkpoint = make_demo_checkpoint("llama", work / "checkpoint")
     settings = PortableSettings(device="cpu", kv_cache_memory_bytes=256 << 20, max_num_seqs=args.max_num_seqs,
-                                max_num_batched_tokens=args.max_num_batched_tokens, max_batch_size=args.max_num_seqs)
+                                max_num_batched_tokens=args.max_num_batched_tokens, max_batch_size=args.max_num_seqs,
+                                cpu_threads=args.cpu_threads)
     artifact = work / "artifact"
     build_portable(checkpoint, artifact, settings, model_name="demo-llama")
     triton = start_triton(artifact / "model_repository", work / "triton")
@@ -157,15 +196,21 @@ def measure(args, triton, gateway, base_url: str, key: str, streams: int) -> Poi
     asyncio.run(load_point(base_url, key, min(streams, 4), 1, 4))  # warm both paths up, not measured
     server_pid = triton.process.pid
     gateway_before, triton_before = tree_cpu(gateway.pid), tree_cpu(server_pid)
+    threads_before = {pid: thread_cpu(pid) for pid in triton_before if pid != server_pid}
     started = time.perf_counter()
     results, failed = asyncio.run(load_point(base_url, key, streams, args.requests_per_user, args.output_tokens))
     wall = time.perf_counter() - started
     gateway_after, triton_after = tree_cpu(gateway.pid), tree_cpu(server_pid)
+    threads_after = {pid: thread_cpu(pid) for pid in threads_before}
     stubs = {pid for pid in triton_after if pid != server_pid}
     stub_cpu = sum(triton_after[pid] - triton_before.get(pid, 0.0) for pid in stubs)
+    by_role: dict[str, float] = {}
+    for pid, threads in threads_after.items():
+        for role, seconds in roles_spent(threads_before[pid], threads).items():
+            by_role[role] = round(by_role.get(role, 0.0) + seconds, 3)
     return Point(streams, len(results) + failed, failed, sum(t for t, _ in results), sum(c for _, c in results),
                  round(wall, 3), round(cpu_spent(gateway_before, gateway_after), 3),
-                 round(cpu_spent(triton_before, triton_after), 3), round(stub_cpu, 3))
+                 round(cpu_spent(triton_before, triton_after), 3), round(stub_cpu, 3), by_role)
 
 
 # ---- records
@@ -177,18 +222,22 @@ def record(args, argv: list[str], points: list[Point]) -> dict:
             "hardware": f"{psutil.cpu_count()}-core CPU machine, no GPU ({platform.machine()}), shared with other "
                         "work: CPU time per token is the measure, wall-clock figures are only indicative",
             "command": "python -m benchmarks.stack_overhead " + shlex.join(argv),
-            "model": "demo-llama (tiny random weights, CPU)", "output_tokens": args.output_tokens,
+            "model": "demo-llama (tiny random weights, CPU)", "cpu_threads": args.cpu_threads,
+            "output_tokens": args.output_tokens,
             "requests_per_user": args.requests_per_user, "max_num_seqs": args.max_num_seqs,
             "points": [{**asdict(p), **p.derived} for p in points]}
 
 
 COLUMNS = ("streams", "tokens", "failed", "chunks_per_token", "gateway_us_per_token", "triton_us_per_token",
            "stub_us_per_token", "stack_us_per_token", "tok_s")
+# the stub by thread (runs of older commits, whose stub threads had no OS names, lack these)
+THREAD_COLUMNS = ("streams", "engine_us_per_token", "sender_us_per_token", "intake_us_per_request",
+                  "stub_rest_us_per_token")
 
 
-def table(result: dict) -> list[str]:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(point[c]) for c in COLUMNS) + " |" for point in result["points"]]
+def table(result: dict, columns: tuple[str, ...] = COLUMNS) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(point.get(c, "–")) for c in columns) + " |" for point in result["points"]]
     return lines
 
 
@@ -198,7 +247,8 @@ def markdown(result: dict) -> str:
             f"- **Commit**: {result['commit']}", f"- **Command**: `{result['command']}`",
             f"- **Workload**: {result['model']}, {result['output_tokens']} streamed tokens per request, "
             f"{result['requests_per_user']} requests per user, closed loop", ""]
-    return "\n".join(head + table(result)) + "\n"
+    threads = ["", "The stub's CPU by thread (the engine thread includes the demo model's forward):", ""]
+    return "\n".join(head + table(result) + threads + table(result, THREAD_COLUMNS)) + "\n"
 
 
 def compare(before: dict, after: dict) -> str:
@@ -209,12 +259,17 @@ def compare(before: dict, after: dict) -> str:
              f"- before: commit {before['commit']}, {before['date']}: `{before['command']}`",
              f"- after: commit {after['commit']}, {after['date']}: `{after['command']}`", "",
              "| streams | version | " + " | ".join(COLUMNS[3:]) + " |", "|" + "---|" * (len(COLUMNS) - 1)]
-    for point_before in before["points"]:
-        for name, result in (("before", before), ("after", after)):
-            point = next((p for p in result["points"] if p["streams"] == point_before["streams"]), None)
-            if point is not None:
-                lines.append(f"| {point['streams']} | {name} | " + " | ".join(str(point[c]) for c in COLUMNS[3:])
-                             + " |")
+    for columns in (COLUMNS, THREAD_COLUMNS):
+        if columns is THREAD_COLUMNS:
+            lines += ["", "The stub's CPU by thread:", "",
+                      "| streams | version | " + " | ".join(columns[1:]) + " |", "|" + "---|" * (len(columns) + 1)]
+        skip = 3 if columns is COLUMNS else 1
+        for point_before in before["points"]:
+            for name, result in (("before", before), ("after", after)):
+                point = next((p for p in result["points"] if p["streams"] == point_before["streams"]), None)
+                if point is not None:
+                    lines.append(f"| {point['streams']} | {name} | "
+                                 + " | ".join(str(point.get(c, "–")) for c in columns[skip:]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -228,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests-per-user", type=int, default=2)
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    # torch's worker threads spin while they wait: with more than one, the stub's CPU time follows the
+    # machine's load more than the serving path's cost
+    parser.add_argument("--cpu-threads", type=int, default=1, help="the demo model's torch threads in the stub")
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a fresh folder under /tmp")
     parser.add_argument("--gateway-arg", action="append", default=[], help="one more argument for the gateway")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE_JSON", "AFTER_JSON"))

@@ -20,8 +20,11 @@ def test_a_short_run_reports_cpu_per_token_for_each_process(tmp_path):
     assert point["streams"] == 3 and point["failed"] == 0 and point["tokens"] == 18
     assert point["gateway_cpu_s"] > 0 and point["triton_cpu_s"] >= point["stub_cpu_s"] > 0
     assert 0 < point["chunks_per_token"] <= 1
+    # the stub's threads are told apart by their OS names: the engine loop, the sender, intake (main thread)
+    assert {"engine", "sender", "intake"} <= set(point["stub_threads_cpu_s"])
+    assert "sender_us_per_token" in point and "intake_us_per_request" in point
     assert "stack_us_per_token" in (tmp_path / "out" / "stack_overhead.md").read_text()
     comparison = tmp_path / "compare.md"
     stack_overhead.main(["--compare", str(tmp_path / "out" / "stack_overhead.json"),
                          str(tmp_path / "out" / "stack_overhead.json"), "--out", str(comparison)])
-    assert comparison.read_text().count("| 3 |") == 2
+    assert comparison.read_text().count("| 3 |") == 4  # both versions in both tables
