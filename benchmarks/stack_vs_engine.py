@@ -22,6 +22,7 @@ built from the times its steps return each request's tokens, the stack's from th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -179,7 +180,8 @@ def run_stack(args, work: Path) -> list[dict]:
 
     key = secrets.token_urlsafe(16)
     os.environ[KEY_ENV] = key
-    triton, gateway, base_url = start_stack(args, work, key)
+    with stub_stats_env(args.stub_stats):
+        triton, gateway, base_url = start_stack(args, work, key)
     out = work / "stack_report"
     try:
         target = f"name=stack,url={base_url},server=ingot,model={args.model},api-key-env={KEY_ENV}"
@@ -193,8 +195,37 @@ def run_stack(args, work: Path) -> list[dict]:
                     "--fresh-prompts", "--out", str(out)])
     finally:
         stop_stack(triton, gateway, timeout=60)
+        keep_stub_stats(triton.log_path, args.out / f"{args.model}_stub_stats.log")
     report = json.loads((out / "report.json").read_text())
     return [run["summary"] for run in report["runs"] if run["target"] == "stack"]
+
+
+@contextlib.contextmanager
+def stub_stats_env(period_s: float):
+    """Triton (and so its stub) started inside sees INGOT_ENGINE_STATS_S; this process's environment is
+    restored after."""
+    from engines.triton.stub_stats import ENV
+
+    previous = os.environ.get(ENV)
+    if period_s:
+        os.environ[ENV] = str(period_s)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = previous
+
+
+def keep_stub_stats(triton_log: Path, path: Path) -> None:
+    """The stub's periodic lines (engines/triton/stub_stats.py) from Triton's log, next to the results."""
+    try:
+        lines = [line for line in triton_log.read_text(errors="replace").splitlines() if "engine stats over" in line]
+    except OSError:
+        return
+    if lines:
+        path.write_text("\n".join(lines) + "\n")
 
 
 # ---- the comparison
@@ -302,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: the GPU's free memory; 256 MiB on CPU")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gateway-arg", action="append", default=[], help="one more argument for the gateway")
+    parser.add_argument("--stub-stats", type=float, default=5.0,
+                        help="seconds between the stub's timing lines (<out>/<model>_stub_stats.log); 0: none")
     parser.add_argument("--start-timeout", type=float, default=420.0)
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/stack_vs_engine"))

@@ -15,6 +15,7 @@ import gc
 import json
 import os
 import threading
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -32,6 +33,7 @@ from engines.triton.lora_tasks import LoraTasks
 from engines.triton.processes import name_this_thread
 from engines.triton.response_tensors import chunk_tensors, plain_tensors, wanted
 from engines.triton.responses import Flight, Outbox, Outgoing
+from engines.triton.stub_stats import StubStats, stats_period_s
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # How long finalize waits for a running step and for the last responses: below Triton's exit timeout.
@@ -56,6 +58,8 @@ class TritonPythonModel:
             if loaded:
                 self.logger.log_info(f"portable engine: LoRA adapters {loaded} (name: lora_task_id)")
         self.server_pid = os.getppid()  # tritonserver started this stub
+        self.stats_period = stats_period_s()
+        self.stats = StubStats() if self.stats_period else None
         self.outbox = Outbox(self._send, self.logger.log_error)
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -90,9 +94,12 @@ class TritonPythonModel:
     # ---- requests in (Triton's thread)
 
     def execute(self, requests):
+        started = time.perf_counter()
         for request in requests:
             self._accept(request)
         self.wake.set()
+        if self.stats is not None:
+            self.stats.intake(time.perf_counter() - started, len(requests))
         return None
 
     def _accept(self, request) -> None:
@@ -118,7 +125,7 @@ class TritonPythonModel:
         lora = self.lora_tasks.resolve(generation.lora_task_id, generation.lora_weights, generation.lora_config)
         internal_id = uuid.uuid4().hex
         flight = Flight(sender, client_id, generation.streaming, generation.return_log_probs,
-                        beam_search=generation.beam_width > 1, outputs=outputs)
+                        beam_search=generation.beam_width > 1, outputs=outputs, arrived=time.perf_counter())
         self.outbox.add(internal_id, flight)
         try:
             self.engine.add_request(internal_id, generation.input_ids, SamplingParams.from_request(generation), lora)
@@ -143,17 +150,36 @@ class TritonPythonModel:
                     self.wake.wait(timeout=0.05)
                     self.wake.clear()
                     continue
-                self.outbox.put(self.engine.step())
+                started = time.perf_counter()
+                outputs = self.engine.step()
+                if self.stats is not None:
+                    self._note_step(outputs, started)
+                self.outbox.put(outputs)
             except Exception:  # the loop must outlive one bad step; that step's requests fail loudly
                 self.logger.log_error(f"engine step failed:\n{traceback.format_exc()}")
                 for request_id in self.outbox.fail_all("engine step failed; see the Triton log"):
                     self.engine.abort(request_id)
 
+    def _note_step(self, outputs, started: float) -> None:
+        now = time.perf_counter()
+        self.stats.step(now - started)
+        for output in outputs:
+            flight = self.outbox.flight(output.request_id)
+            if flight is not None and not flight.produced and output.new_token_ids:
+                flight.produced = True
+                self.stats.first_token(now - flight.arrived)
+
     # ---- the monitor: cancellation and gauges, on a period
 
     def _watch(self) -> None:
         name_this_thread()
+        stats_due = time.monotonic() + self.stats_period
         while not self.stopping.wait(self.check_period):
+            if self.stats is not None and time.monotonic() >= stats_due:
+                line = self.stats.line(self.stats_period, len(self.outbox))
+                if line is not None:
+                    self.logger.log_info(line)
+                stats_due += self.stats_period
             if os.getppid() != self.server_pid:
                 # tritonserver died without unloading the model (SIGKILL, a crash): the stub's own exit path
                 # then hangs and the stub (GPU memory and all) would live on, ignoring SIGTERM.
@@ -190,8 +216,15 @@ class TritonPythonModel:
 
     # ---- the sender thread (engines/triton/responses.py calls this)
 
+    def _send(self, outgoing: Outgoing) -> None:
+        started = time.perf_counter() if self.stats is not None else 0.0
+        self._respond(outgoing)
+        if self.stats is not None:
+            now = time.perf_counter()
+            self.stats.sent(now - started, len(outgoing.ids), now - outgoing.flight.arrived if outgoing.first else None)
+
     @staticmethod
-    def _send(outgoing: Outgoing) -> None:
+    def _respond(outgoing: Outgoing) -> None:
         flags = FINAL if outgoing.final else 0
         if outgoing.error is not None:
             error = pb_utils.TritonError(outgoing.error)

@@ -43,6 +43,8 @@ class Flight:
     beams: list = field(default_factory=list)  # beam search: (ids, log_probs, cum_log_prob) of each beam
     outputs: frozenset[str] | None = None  # the output tensors the client asked for; None: all
     answered: bool = False  # a response has left for it (the sender sends first responses first)
+    arrived: float = 0.0  # time.perf_counter() at intake (engines/triton/stub_stats.py)
+    produced: bool = False  # the engine has given it tokens (stub_stats)
 
 
 @dataclass(slots=True)
@@ -58,6 +60,7 @@ class Outgoing:
     context_logits: object = None
     cum_log_prob: float | None = None
     beams: list = field(default_factory=list)
+    first: bool = False  # the request's first response
 
 
 SendFn = Callable[[Outgoing], None]
@@ -87,6 +90,9 @@ class Outbox:
         """Forget a request the engine refused; the caller answers it."""
         with self._cond:
             self._flights.pop(request_id, None)
+
+    def flight(self, request_id: str) -> Flight | None:
+        return self._flights.get(request_id)
 
     def flights(self) -> list[tuple[str, Flight]]:
         with self._cond:
@@ -152,11 +158,11 @@ class Outbox:
             # newcomer waits, while a running stream's next tokens only gather in its buffer meanwhile.
             batch = []
             for flight in sorted(ready.values(), key=_answered):
-                flight.answered = True
                 batch.append(Outgoing(flight, flight.pending_ids,
                                       flight.pending_log_probs if flight.return_log_probs else None,
                                       flight.final, flight.error, flight.pending_logits, flight.context_logits,
-                                      flight.cum_log_prob, flight.beams))
+                                      flight.cum_log_prob, flight.beams, not flight.answered))
+                flight.answered = True
                 flight.pending_ids, flight.pending_log_probs, flight.pending_logits = [], [], []
                 flight.context_logits, flight.beams = None, []
             return batch
