@@ -108,7 +108,7 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
         except OSError:
             continue
         tid = int(task.name)
-        role = "intake" if tid == pid else THREAD_ROLES.get(name, "rest")
+        role = "intake" if tid == pid else THREAD_ROLES.get(name.rstrip("0123456789"), "rest")
         threads[tid] = (role, (int(fields[11]) + int(fields[12])) / ticks)  # utime, stime
     return threads
 

@@ -47,7 +47,8 @@ def portable_settings(args):
 
     return PortableSettings(device=args.device, dtype=args.dtype, kv_cache_memory_bytes=args.kv_cache_bytes,
                             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                            enable_prefix_caching=False, max_batch_size=args.max_num_seqs)
+                            enable_prefix_caching=False, max_batch_size=args.max_num_seqs,
+                            response_sender_threads=args.sender_threads)
 
 
 # ---- the engine alone (runs in a child process)
@@ -333,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: the GPU's free memory; 256 MiB on CPU")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gateway-arg", action="append", default=[], help="one more argument for the gateway")
+    parser.add_argument("--sender-threads", type=int, default=1, help="the portable model's response_sender_threads")
     parser.add_argument("--stub-stats", type=float, default=5.0,
                         help="seconds between the stub's timing lines (<out>/<model>_stub_stats.log); 0: none")
     parser.add_argument("--start-timeout", type=float, default=420.0)

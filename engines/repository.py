@@ -163,6 +163,7 @@ class PortableSettings:
     max_loras: int = 0
     max_lora_rank: int = 16
     lora_cache_host_memory_bytes: int = 1 << 30
+    response_sender_threads: int = 1  # threads sending the model's responses (engines/triton/responses.py)
 
     def parameters(self) -> dict[str, str]:
         return {
@@ -184,6 +185,7 @@ class PortableSettings:
             "max_lora_rank": str(self.max_lora_rank),
             "lora_cache_host_memory_bytes": str(self.lora_cache_host_memory_bytes),
             "lora_dir": "loras",
+            "response_sender_threads": str(self.response_sender_threads),
         }
 
 

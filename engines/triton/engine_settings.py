@@ -89,6 +89,15 @@ def lora_host_cache_bytes(parameters: dict[str, str]) -> int:
     return value
 
 
+def response_sender_threads(parameters: dict[str, str]) -> int:
+    """Threads sending responses: each send is a round trip to tritonserver with the GIL released, so several
+    overlap; each request is answered by one of them."""
+    value = int(parameters.get("response_sender_threads", 1))
+    if value < 1:
+        raise ValueError(f"response_sender_threads must be at least 1, got {value}")
+    return value
+
+
 DEFAULT_CANCELLATION_CHECK_PERIOD_MS = 100
 
 

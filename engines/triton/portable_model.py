@@ -28,6 +28,7 @@ from engines.triton.engine_settings import (
     cancellation_check_period_s,
     engine_config_from_parameters,
     lora_host_cache_bytes,
+    response_sender_threads,
 )
 from engines.triton.lora_tasks import LoraTasks
 from engines.triton.processes import name_this_thread
@@ -60,7 +61,7 @@ class TritonPythonModel:
         self.server_pid = os.getppid()  # tritonserver started this stub
         self.stats_period = stats_period_s()
         self.stats = StubStats() if self.stats_period else None
-        self.outbox = Outbox(self._send, self.logger.log_error)
+        self.outbox = Outbox(self._send, self.logger.log_error, response_sender_threads(parameters))
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.gauges = self._make_gauges(args["model_name"])

@@ -1,11 +1,13 @@
-"""Requests in flight and their waiting responses, sent by one thread outside the engine's step loop.
+"""Requests in flight and their waiting responses, sent by sender threads outside the engine's step loop.
 
 Each `send` of Triton's Python backend is a blocking round trip to the server process (the stub writes
-the response to shared memory and waits for the server to take it). The engine thread therefore only
-appends a step's new tokens to each request's buffer and marks the request ready; the sender thread
-takes every ready request's buffer whole. Under light load that is one token per response; when
-sending falls behind, the tokens that piled up for a request leave together in one response, so the
-cost of sending follows what the sender can do, not the number of tokens the engine makes.
+the response to shared memory and waits for the server to take it; the GIL is released meanwhile, and
+the server handles sends on a thread pool). The engine thread therefore only appends a step's new tokens
+to each request's buffer and marks the request ready; a sender thread takes every ready request's
+buffer whole. Under light load that is one token per response; when sending falls behind, the tokens
+that piled up for a request leave together in one response, so the cost of sending follows what the
+senders can do, not the number of tokens the engine makes. With several sender threads, each request
+is answered by one of them (its responses stay in order) and their round trips overlap.
 
 Every request ends with exactly one final response, including requests aborted because their client
 went away: Triton frees a request (its response factory, ~70 KB) only on that final flag, and cannot
@@ -17,6 +19,7 @@ response and sends it.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -45,6 +48,7 @@ class Flight:
     answered: bool = False  # a response has left for it (the sender sends first responses first)
     arrived: float = 0.0  # time.perf_counter() at intake (engines/triton/stub_stats.py)
     produced: bool = False  # the engine has given it tokens (stub_stats)
+    lane: int = 0  # the sender thread that answers it
 
 
 @dataclass(slots=True)
@@ -70,32 +74,47 @@ def _answered(flight: Flight) -> bool:
     return flight.answered
 
 
+class _Lane:
+    """One sender thread and the requests it answers (each request has one lane: its responses stay in order)."""
+
+    def __init__(self, lock: threading.Lock, run: Callable[["_Lane"], None], name: str):
+        self.cond = threading.Condition(lock)
+        self.ready: dict[str, Flight] = {}
+        self.thread = threading.Thread(target=run, args=(self,), name=name, daemon=True)
+
+
 class Outbox:
-    def __init__(self, send: SendFn, log_error: Callable[[str], None]):
+    def __init__(self, send: SendFn, log_error: Callable[[str], None], threads: int = 1):
+        if threads < 1:
+            raise ValueError(f"the response path needs at least one sender thread, got {threads}")
         self._send, self._log_error = send, log_error
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._flights: dict[str, Flight] = {}
-        self._ready: dict[str, Flight] = {}
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="portable-sender", daemon=True)
-        self._thread.start()
+        names = ["portable-sender"] if threads == 1 else [f"portable-sender{n}" for n in range(threads)]
+        self._lanes = [_Lane(self._lock, self._run, name) for name in names]
+        self._added = 0
+        for lane in self._lanes:
+            lane.thread.start()
 
     # ---- the request side (Triton's execute thread, the cancellation monitor)
 
     def add(self, request_id: str, flight: Flight) -> None:
-        with self._cond:
+        with self._lock:
+            flight.lane = self._added % len(self._lanes)
+            self._added += 1
             self._flights[request_id] = flight
 
     def discard(self, request_id: str) -> None:
         """Forget a request the engine refused; the caller answers it."""
-        with self._cond:
+        with self._lock:
             self._flights.pop(request_id, None)
 
     def flight(self, request_id: str) -> Flight | None:
         return self._flights.get(request_id)
 
     def flights(self) -> list[tuple[str, Flight]]:
-        with self._cond:
+        with self._lock:
             return list(self._flights.items())
 
     def __len__(self) -> int:
@@ -104,9 +123,10 @@ class Outbox:
     # ---- the engine side (the step loop: no I/O, one lock per step)
 
     def put(self, outputs: Iterable) -> None:
-        """Buffer one step's outputs (engine StepOutput objects) and wake the sender."""
-        with self._cond:
-            woke = False
+        """Buffer one step's outputs (engine StepOutput objects) and wake the senders that got work."""
+        lanes = self._lanes
+        with self._lock:
+            woken = set()
             for output in outputs:
                 flight = self._flights.get(output.request_id)
                 if flight is None:
@@ -122,10 +142,10 @@ class Outbox:
                     flight.final = True
                     del self._flights[output.request_id]
                 if flight.final or (flight.streaming and flight.pending_ids):
-                    self._ready[output.request_id] = flight
-                    woke = True
-            if woke:
-                self._cond.notify()
+                    lanes[flight.lane].ready[output.request_id] = flight
+                    woken.add(flight.lane)
+            for lane in woken:
+                lanes[lane].cond.notify()
 
     @staticmethod
     def _keep_extras(flight: Flight, output) -> None:
@@ -138,22 +158,23 @@ class Outbox:
 
     def fail_all(self, message: str) -> list[str]:
         """End every request with an error response; returns their ids (for the engine to abort)."""
-        with self._cond:
+        with self._lock:
             failed, self._flights = self._flights, {}
             for request_id, flight in failed.items():
                 flight.final, flight.error = True, message
-                self._ready[request_id] = flight
-            self._cond.notify()
+                self._lanes[flight.lane].ready[request_id] = flight
+            for lane in self._lanes:
+                lane.cond.notify()
         return list(failed)
 
-    # ---- the sender thread
+    # ---- the sender threads
 
-    def _take(self) -> list[Outgoing] | None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._ready or self._closed)
-            if not self._ready:
+    def _take(self, lane: _Lane) -> list[Outgoing] | None:
+        with self._lock:
+            lane.cond.wait_for(lambda: lane.ready or self._closed)
+            if not lane.ready:
                 return None
-            ready, self._ready = self._ready, {}
+            ready, lane.ready = lane.ready, {}
             # Requests waiting for their first response go first: time to first token is what a
             # newcomer waits, while a running stream's next tokens only gather in its buffer meanwhile.
             batch = []
@@ -167,9 +188,9 @@ class Outbox:
                 flight.context_logits, flight.beams = None, []
             return batch
 
-    def _run(self) -> None:
+    def _run(self, lane: _Lane) -> None:
         name_this_thread()
-        while (batch := self._take()) is not None:
+        while (batch := self._take(lane)) is not None:
             for outgoing in batch:
                 try:
                     self._send(outgoing)
@@ -177,9 +198,12 @@ class Outbox:
                     self._log_error(f"sending a response failed: {exc!r}")
 
     def close(self, timeout: float) -> bool:
-        """Send what is ready, then stop the thread; False if it did not end within `timeout`."""
-        with self._cond:
+        """Send what is ready, then stop the threads; False if they did not end within `timeout`."""
+        with self._lock:
             self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+            for lane in self._lanes:
+                lane.cond.notify()
+        deadline = time.monotonic() + timeout
+        for lane in self._lanes:
+            lane.thread.join(max(deadline - time.monotonic(), 0.0))
+        return not any(lane.thread.is_alive() for lane in self._lanes)

@@ -12,6 +12,7 @@ from engines.triton.engine_settings import (
     cpu_has_fast_bfloat16,
     cpu_threads,
     engine_config_from_parameters,
+    response_sender_threads,
 )
 
 
@@ -45,6 +46,13 @@ def test_cancellation_check_period_mirrors_tensorrt_llm():
     assert cancellation_check_period_s(PortableSettings(cancellation_check_period_ms=20).parameters()) == 0.02
     with pytest.raises(ValueError, match="cancellation_check_period_ms"):
         cancellation_check_period_s({"cancellation_check_period_ms": "0"})
+
+
+def test_response_sender_threads_default_to_one_and_must_be_positive():
+    assert response_sender_threads(PortableSettings().parameters()) == 1
+    assert response_sender_threads(PortableSettings(response_sender_threads=3).parameters()) == 3
+    with pytest.raises(ValueError, match="response_sender_threads"):
+        response_sender_threads({"response_sender_threads": "0"})
 
 
 def test_cpu_auto_dtype_follows_the_cpu_flags():

@@ -78,3 +78,28 @@ def test_a_failing_send_does_not_stop_the_others():
     outbox.put(step("x", 1, finished=True) + step("y", 2, finished=True))
     assert outbox.close(timeout=30)
     assert [o.ids for o in sent] == [[2]] and len(errors) == 1
+
+
+def test_several_sender_threads_keep_each_request_in_order_and_end_each_once():
+    sent: dict[str, list[Outgoing]] = {}
+    lock = threading.Lock()
+    threads_seen = set()
+
+    def send(outgoing: Outgoing) -> None:
+        with lock:
+            sent.setdefault(outgoing.flight.client_id, []).append(outgoing)
+            threads_seen.add(threading.current_thread().name)
+
+    outbox = Outbox(send, log_error=print, threads=3)
+    requests = [f"r{n}" for n in range(12)]
+    for request_id in requests:
+        outbox.add(request_id, Flight(sender=None, client_id=request_id, streaming=True, return_log_probs=False))
+    for token in range(50):
+        outbox.put([StepOutput(rid, [token], None, token == 49, "length" if token == 49 else None)
+                    for rid in requests])
+    assert outbox.close(timeout=30)
+    assert sorted(sent) == sorted(requests) and len(threads_seen) == 3
+    for responses in sent.values():
+        assert [token for o in responses for token in o.ids] == list(range(50))
+        assert [o.final for o in responses].count(True) == 1 and responses[-1].final
+        assert responses[0].first and not any(o.first for o in responses[1:])
