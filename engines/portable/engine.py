@@ -208,6 +208,10 @@ class LLMEngine(BeamSteps, GrammarSteps):
 
     # ---- the loop (one thread)
 
+    def has_launch_in_flight(self) -> bool:
+        """Whether the last step left a pipelined decode running on the GPU (its tokens read by the next)."""
+        return self._in_flight is not None
+
     def has_unfinished(self) -> bool:
         with self._lock:
             pending = bool(self._inbox)

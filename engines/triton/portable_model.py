@@ -61,6 +61,7 @@ class TritonPythonModel:
         self.server_pid = os.getppid()  # tritonserver started this stub
         self.stats_period = stats_period_s()
         self.stats = StubStats() if self.stats_period else None
+        self.steps_run = 0  # engine steps, counted while statistics are on
         self.outbox = Outbox(self._send, self.logger.log_error, response_sender_threads(parameters))
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -128,6 +129,9 @@ class TritonPythonModel:
         flight = Flight(sender, client_id, generation.streaming, generation.return_log_probs,
                         beam_search=generation.beam_width > 1, outputs=outputs, arrived=time.perf_counter())
         self.outbox.add(internal_id, flight)
+        if self.stats is not None:
+            flight.arrived_step = self.steps_run
+            self.stats.waiting(len(self.engine.scheduler.waiting))
         try:
             self.engine.add_request(internal_id, generation.input_ids, SamplingParams.from_request(generation), lora)
         except ValueError:
@@ -163,12 +167,13 @@ class TritonPythonModel:
 
     def _note_step(self, outputs, started: float) -> None:
         now = time.perf_counter()
-        self.stats.step(now - started)
+        self.steps_run += 1
+        self.stats.step(now - started, self.engine.pipelined and self.engine.has_launch_in_flight())
         for output in outputs:
             flight = self.outbox.flight(output.request_id)
             if flight is not None and not flight.produced and output.new_token_ids:
                 flight.produced = True
-                self.stats.first_token(now - flight.arrived)
+                self.stats.first_token(now - flight.arrived, self.steps_run - flight.arrived_step)
 
     # ---- the monitor: cancellation and gauges, on a period
 

@@ -48,6 +48,7 @@ class Flight:
     answered: bool = False  # a response has left for it (the sender sends first responses first)
     arrived: float = 0.0  # time.perf_counter() at intake (engines/triton/stub_stats.py)
     produced: bool = False  # the engine has given it tokens (stub_stats)
+    arrived_step: int = 0  # engine steps run before its intake (stub_stats)
     lane: int = 0  # the sender thread that answers it
 
 
