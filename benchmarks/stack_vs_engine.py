@@ -48,7 +48,7 @@ def portable_settings(args):
     return PortableSettings(device=args.device, dtype=args.dtype, kv_cache_memory_bytes=args.kv_cache_bytes,
                             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                             enable_prefix_caching=False, max_batch_size=args.max_num_seqs,
-                            response_sender_threads=args.sender_threads)
+                            response_sender_threads=getattr(args, "sender_threads", 1))  # other callers: 1
 
 
 # ---- the engine alone (runs in a child process)
