@@ -153,7 +153,7 @@ class PortableSettings:
     # how often cancelled requests are found and the gauges refreshed (TensorRT-LLM's parameter of that name)
     cancellation_check_period_ms: int = 100
     cpu_threads: int | None = None  # None: torch's default, one per core (engines/triton/engine_settings.py)
-    # bfloat16 on the CPU: int8 copies of the projections for decode steps (engines/portable/cpu_weights.py);
+    # bfloat16 on the CPU: int8/int4 copies of the projections for decode steps (engines/portable/cpu_weights.py);
     # "dense" turns them off
     cpu_weights: str = "auto"
     # threads of the CPU's small (decode) steps; 0: as many as every other step (engines/portable/cpu_threads.py)

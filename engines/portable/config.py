@@ -99,8 +99,9 @@ class EngineConfig:
     # engines/portable/lora_kernels.py: CUDA, ranks a power of two >= 16), or "auto": triton where it can run.
     # torch stays the default until the kernels' GPU benchmark is recorded.
     lora_kernel: str = "torch"
-    # bfloat16 on the CPU: int8 copies of the projections for steps of up to cpu_int8_max_rows tokens
-    # (engines/portable/cpu_weights.py): "auto" (on for bfloat16 on the CPU), "int8" or "dense" (off)
+    # bfloat16 on the CPU: int8 copies of the projections (int4 for weights on a 4-bit grid) for steps of up to
+    # cpu_int8_max_rows tokens (engines/portable/cpu_weights.py): "auto" (on for bfloat16 on the CPU), "int8"
+    # (the same, required) or "dense" (off)
     cpu_weights: str = "auto"
     cpu_int8_max_rows: int = 4
     # intra-op threads of CPU steps of up to cpu_int8_max_rows tokens (engines/portable/cpu_threads.py; 0: the

@@ -3,7 +3,7 @@
 A decode step of one or a few sequences is a chain of ~400 small operators, each a few microseconds to a
 fraction of a millisecond: spread over two cores, every one of them ends in an OpenMP barrier, and on a shared
 machine (the gateway, tritonserver and other work on the same cores) that barrier waits for a descheduled
-thread. One thread runs such steps faster there (benchmarks/results/cpu_int8_smollm2/NOTE.md); prefills and
+thread. One thread runs such steps faster there (benchmarks/results/cpu_quantized_smollm2/NOTE.md); prefills and
 large batches keep every thread, where the work per operator pays for the split.
 """
 from __future__ import annotations

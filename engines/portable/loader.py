@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 
 from engines.portable.config import ModelConfig
-from engines.portable.cpu_weights import quantize
+from engines.portable.cpu_weights import pack
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -33,8 +33,9 @@ def read_tensors(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
 def load_weights(checkpoint_dir: Path, config: ModelConfig, device: str, dtype: torch.dtype,
                  int8_rows: int = 0) -> dict:
     """Weights by role: embed, norm, lm_head, and per layer qkv, o, gate_up, down and the two norms. With
-    `int8_rows` > 0 the projections and lm_head also get int8 copies (engines/portable/cpu_weights.py), used for
-    steps of up to that many tokens, quantized from the checkpoint's own precision."""
+    `int8_rows` > 0 the projections and lm_head also get int8 copies (int4 where the weights lie on a 4-bit grid;
+    engines/portable/cpu_weights.py), used for steps of up to that many tokens, quantized from the checkpoint's
+    own precision."""
     raw = read_tensors(checkpoint_dir)
 
     def take(name: str) -> torch.Tensor:
@@ -47,7 +48,7 @@ def load_weights(checkpoint_dir: Path, config: ModelConfig, device: str, dtype: 
 
     def projection(tensor: torch.Tensor, dense: torch.Tensor | None = None):
         dense = put(tensor) if dense is None else dense
-        return quantize(tensor, dense, int8_rows) if int8_rows > 0 else dense
+        return pack(tensor, dense, int8_rows) if int8_rows > 0 else dense
 
     layers = []
     for index in range(config.num_layers):

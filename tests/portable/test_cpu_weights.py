@@ -5,7 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engines.portable.cpu_weights import Int8Weight, linear, quantize, wants_int8
+from engines.portable.cpu_weights import (
+    Int4Weight,
+    Int8Weight,
+    four_bit_grid,
+    linear,
+    pack,
+    quantize,
+    wants_int8,
+)
 from engines.portable.sampling import SamplingParams
 from tests.portable.conftest import prompt_of
 
@@ -36,6 +44,34 @@ def test_a_zero_channel_quantizes_to_zeros():
     packed = quantize(weight, weight.bfloat16(), max_rows=1)
     assert torch.isfinite(packed.scale.float()).all()
     assert torch.equal(packed.q[1:], torch.zeros(7, 16, dtype=torch.int8))
+
+
+def test_weights_on_a_four_bit_grid_are_held_as_int4():
+    generator = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, 16, (64, 96), generator=generator)
+    codes[:, 0::32], codes[:, 1::32] = 0, 15  # Q4_1 gives each group's minimum code 0 and its maximum 15
+    scale = torch.rand(64, 3, generator=generator) * 0.01 + 0.001
+    low = torch.randn(64, 3, generator=generator) * 0.02
+    # what a GGUF Q4_1 tensor dequantizes to: low + code * scale per group of 32 inputs
+    weight = (codes.view(64, 3, 32) * scale[..., None] + low[..., None]).view(64, 96)
+    packed = pack(weight, weight.bfloat16(), max_rows=4)
+    assert isinstance(packed, Int4Weight)
+    assert torch.equal(four_bit_grid(weight)[0], codes.to(torch.int32))
+    x = torch.randn(2, 96, generator=generator).bfloat16()
+    exact = x.float() @ weight.t()
+    got = linear(x, packed).float()
+    # only the scales and offsets are rounded (to bfloat16): as close as bfloat16 weights would be
+    dense = F.linear(x, weight.bfloat16()).float()
+    assert (got - exact).abs().max() < 4 * (dense - exact).abs().max() + 1e-2 * exact.abs().max()
+    rows = torch.randn(5, 96, generator=generator).bfloat16()
+    assert torch.equal(linear(rows, packed), F.linear(rows, packed.dense))  # a prefill keeps the dense weight
+
+
+def test_weights_off_the_grid_stay_int8():
+    weight = torch.randn(16, 64)
+    assert four_bit_grid(weight) is None
+    assert isinstance(pack(weight, weight.bfloat16(), max_rows=4), Int8Weight)
+    assert four_bit_grid(torch.randn(16, 40)) is None  # inputs not a multiple of the group
 
 
 def test_which_settings_get_int8():
