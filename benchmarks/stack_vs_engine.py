@@ -48,7 +48,9 @@ def portable_settings(args):
     return PortableSettings(device=args.device, dtype=args.dtype, kv_cache_memory_bytes=args.kv_cache_bytes,
                             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                             enable_prefix_caching=False, max_batch_size=args.max_num_seqs,
-                            response_sender_threads=getattr(args, "sender_threads", 1))  # other callers: 1
+                            response_sender_threads=getattr(args, "sender_threads", 1),  # other callers: 1
+                            **({"gil_switch_interval_us": args.switch_interval_us}
+                               if getattr(args, "switch_interval_us", None) else {}))
 
 
 # ---- the engine alone (runs in a child process)
@@ -110,7 +112,10 @@ def run_engine(args) -> int:
     max_users = max(int(u) for u in args.users.split(","))
     prompts = torch.randint(100, vocab, (max_users * args.requests_per_user, args.input_tokens),
                             generator=gen).tolist()
-    engine_closed_loop(engine, prompts[:8], 4, 16, 8, 60.0)  # warm-up: graphs, kernels, allocator
+    # warm-up: graphs, allocator, and the kernels compiled for the largest load's shapes (on a fresh machine
+    # they would otherwise compile inside the first measured points)
+    engine_closed_loop(engine, prompts[:8], 4, 16, 8, 60.0)
+    engine_closed_loop(engine, prompts, max_users, 16, max_users, 60.0)
     summaries = []
     for users in (int(u) for u in args.users.split(",")):  # the same bounds as ingot bench's points
         run = engine_closed_loop(engine, prompts, users, args.output_tokens, max_users * args.requests_per_user,
@@ -188,9 +193,10 @@ def run_stack(args, work: Path) -> list[dict]:
         target = f"name=stack,url={base_url},server=ingot,model={args.model},api-key-env={KEY_ENV}"
         common = ["--target", target, "--tokenizer", str(args.checkpoint), "--input-tokens", str(args.input_tokens),
                   "--temperature", "0", "--seed", str(args.seed), "--request-timeout", "300", "--quiet"]
-        bench_main(["run", *common, "--output-tokens", "16", "--concurrency", "4", "--num-requests", "8",
-                    "--out", str(work / "warmup")])
         max_users = max(int(u) for u in args.users.split(","))
+        for users in (4, max_users):  # the engine side's warm-up, over HTTP
+            bench_main(["run", *common, "--output-tokens", "16", "--concurrency", str(users), "--num-requests",
+                        str(max(8, users)), "--out", str(work / "warmup")])
         bench_main(["run", *common, "--output-tokens", str(args.output_tokens), "--concurrency", args.users,
                     "--num-requests", str(max_users * args.requests_per_user), "--duration", str(args.duration),
                     "--fresh-prompts", "--out", str(out)])
@@ -335,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gateway-arg", action="append", default=[], help="one more argument for the gateway")
     parser.add_argument("--sender-threads", type=int, default=1, help="the portable model's response_sender_threads")
+    parser.add_argument("--switch-interval-us", type=int, default=None,
+                        help="the portable model's gil_switch_interval_us (default: the model's own)")
     parser.add_argument("--stub-stats", type=float, default=5.0,
                         help="seconds between the stub's timing lines (<out>/<model>_stub_stats.log); 0: none")
     parser.add_argument("--start-timeout", type=float, default=420.0)

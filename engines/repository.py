@@ -164,6 +164,10 @@ class PortableSettings:
     max_lora_rank: int = 16
     lora_cache_host_memory_bytes: int = 1 << 30
     response_sender_threads: int = 1  # threads sending the model's responses (engines/triton/responses.py)
+    # the stub's sys.setswitchinterval: how long a thread holding the GIL keeps it while another waits
+    # (engines/triton/engine_settings.py); None: Python's own (5 ms). 0.5 ms lets the engine thread back in
+    # sooner when the sender thread holds the GIL (benchmarks/results/stack_vs_engine_h100/NOTE_gil.md)
+    gil_switch_interval_us: int | None = 500
 
     def parameters(self) -> dict[str, str]:
         return {
@@ -186,6 +190,8 @@ class PortableSettings:
             "lora_cache_host_memory_bytes": str(self.lora_cache_host_memory_bytes),
             "lora_dir": "loras",
             "response_sender_threads": str(self.response_sender_threads),
+            "gil_switch_interval_us": "auto" if self.gil_switch_interval_us is None
+            else str(self.gil_switch_interval_us),
         }
 
 

@@ -98,6 +98,18 @@ def response_sender_threads(parameters: dict[str, str]) -> int:
     return value
 
 
+def gil_switch_interval_s(parameters: dict[str, str]) -> float | None:
+    """The stub's GIL switch interval (`gil_switch_interval_us`; "auto": None, Python's own 5 ms). The engine
+    thread waits for the GIL whenever a step's results come back while the sender thread holds it; a shorter
+    interval bounds that wait."""
+    value = parameters.get("gil_switch_interval_us", "auto")
+    if value == "auto":
+        return None
+    if int(value) <= 0:
+        raise ValueError(f"gil_switch_interval_us must be positive or auto, got {value}")
+    return int(value) / 1e6
+
+
 DEFAULT_CANCELLATION_CHECK_PERIOD_MS = 100
 
 

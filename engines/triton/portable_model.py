@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import sys
 import threading
 import time
 import traceback
@@ -27,6 +28,7 @@ from engines.triton.engine_settings import (
     apply_cpu_threads,
     cancellation_check_period_s,
     engine_config_from_parameters,
+    gil_switch_interval_s,
     lora_host_cache_bytes,
     response_sender_threads,
 )
@@ -63,6 +65,9 @@ class TritonPythonModel:
         self.stats = StubStats() if self.stats_period else None
         self.steps_run = 0  # engine steps, counted while statistics are on
         self.outbox = Outbox(self._send, self.logger.log_error, response_sender_threads(parameters))
+        switch_interval = gil_switch_interval_s(parameters)
+        if switch_interval is not None:  # the stub runs this one model: the setting is the process's
+            sys.setswitchinterval(switch_interval)
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.gauges = self._make_gauges(args["model_name"])

@@ -9,6 +9,7 @@ from engines.repository import PortableSettings
 from engines.triton.engine_settings import (
     apply_cpu_threads,
     cancellation_check_period_s,
+    gil_switch_interval_s,
     cpu_has_fast_bfloat16,
     cpu_threads,
     engine_config_from_parameters,
@@ -80,3 +81,12 @@ def test_threads_are_set_in_the_process_that_serves():
         assert apply_cpu_threads({"device": "cuda"}) is None and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_gil_switch_interval_is_half_a_millisecond_unless_set():
+    assert gil_switch_interval_s(PortableSettings().parameters()) == 0.0005
+    assert gil_switch_interval_s(PortableSettings(gil_switch_interval_us=None).parameters()) is None
+    assert gil_switch_interval_s({}) is None  # repositories written before the parameter
+    assert gil_switch_interval_s(PortableSettings(gil_switch_interval_us=500).parameters()) == 0.0005
+    with pytest.raises(ValueError, match="gil_switch_interval_us"):
+        gil_switch_interval_s({"gil_switch_interval_us": "0"})
