@@ -166,7 +166,7 @@ class PortableSettings:
     response_sender_threads: int = 1  # threads sending the model's responses (engines/triton/responses.py)
     # the stub's sys.setswitchinterval: how long a thread holding the GIL keeps it while another waits
     # (engines/triton/engine_settings.py); None: Python's own (5 ms). 0.5 ms lets the engine thread back in
-    # sooner when the sender thread holds the GIL (benchmarks/results/stack_vs_engine_h100/NOTE_gil.md)
+    # sooner when the sender thread holds the GIL (benchmarks/results/stack_vs_engine_h100_gil/NOTE.md)
     gil_switch_interval_us: int | None = 500
 
     def parameters(self) -> dict[str, str]:
