@@ -25,6 +25,8 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float, default=None, metavar="S",
                         help="on SIGTERM/SIGINT, how long running requests may go on while new ones get 503 "
                              "(INGOT_DRAIN_TIMEOUT, default 30)")
+    parser.add_argument("--http-keepalive", type=float, default=None, metavar="S",
+                        help="how long an idle client connection stays open (INGOT_HTTP_KEEPALIVE, default 75)")
     parser.add_argument("--lora", action="append", default=[], metavar="NAME=PATH",
                         help="serve a PEFT LoRA adapter (a folder or s3:// prefix) as model NAME; repeatable "
                              "(INGOT_LORA_MODULES=NAME=PATH,...)")
@@ -43,7 +45,7 @@ WORKERS_HELP = ("gateway processes sharing the port, each with its own Triton cl
 def gateway_overrides(args: argparse.Namespace) -> dict:
     """Settings given as flags of `ingot gateway` and `ingot serve` alike (None: from INGOT_* or the default)."""
     return {"request_timeout_s": args.request_timeout, "first_token_timeout_s": args.first_token_timeout,
-            "drain_timeout_s": args.drain_timeout,
+            "drain_timeout_s": args.drain_timeout, "http_keepalive_s": args.http_keepalive,
             "workers": getattr(args, "workers", None) or getattr(args, "gateway_workers", None)}
 
 
@@ -68,6 +70,7 @@ def run_gateway(settings) -> None:
 
     # The drain (server/drain.py) runs before uvicorn's shutdown, whose grace is for what is left.
     options = {"log_level": "info", "timeout_graceful_shutdown": UVICORN_GRACE_S,
+               "timeout_keep_alive": settings.http_keepalive_s,
                "ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile}
     workers = settings.workers or default_workers()
     if workers > 1:

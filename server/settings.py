@@ -36,6 +36,10 @@ class Settings:
     first_token_timeout_s: float = 60.0  # until the engine's first response (queueing and prefill); 0: none
     triton_keepalive_s: float = 30.0  # gRPC keepalive pings toward Triton while requests are open; 0: none
     drain_timeout_s: float = 30.0  # on SIGTERM/SIGINT: how long running streams may go on before they are ended
+    # How long an idle client connection stays open (uvicorn's timeout_keep_alive, whose own default is 5 s): longer
+    # than the idle timeouts of the load balancers and client pools in front (AWS ALB 60 s, nginx upstreams 60 s),
+    # so that the gateway is never the side that closes a connection a client is about to reuse.
+    http_keepalive_s: float = 75.0
     workers: int | None = None  # gateway processes; None: half the cores (server.workers.default_workers)
     # LoRA adapters loaded at start (name, PEFT folder or s3:// prefix) and the admin key of the load/unload routes
     lora_modules: tuple[tuple[str, str], ...] = ()
@@ -43,7 +47,8 @@ class Settings:
     admin_key_file: Path | None = None
 
     def __post_init__(self) -> None:
-        for name in ("request_timeout_s", "first_token_timeout_s", "triton_keepalive_s", "drain_timeout_s"):
+        for name in ("request_timeout_s", "first_token_timeout_s", "triton_keepalive_s", "drain_timeout_s",
+                     "http_keepalive_s"):
             value = getattr(self, name)
             if not 0 <= value < float("inf"):
                 raise ValueError(f"{name.removesuffix('_s').replace('_', '-')}: expected seconds >= 0, got {value}")
@@ -79,6 +84,7 @@ class Settings:
             "first_token_timeout_s": _seconds(env, "INGOT_FIRST_TOKEN_TIMEOUT", cls.first_token_timeout_s),
             "triton_keepalive_s": _seconds(env, "INGOT_TRITON_KEEPALIVE", cls.triton_keepalive_s),
             "drain_timeout_s": _seconds(env, "INGOT_DRAIN_TIMEOUT", cls.drain_timeout_s),
+            "http_keepalive_s": _seconds(env, "INGOT_HTTP_KEEPALIVE", cls.http_keepalive_s),
             "workers": int(env["INGOT_GATEWAY_WORKERS"]) if env.get("INGOT_GATEWAY_WORKERS") else None,
             "lora_modules": _lora_modules(env.get("INGOT_LORA_MODULES", "")),
             "admin_key": env.get("INGOT_ADMIN_KEY") or None,
