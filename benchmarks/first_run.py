@@ -3,9 +3,9 @@
     python -m benchmarks.first_run --commit HEAD --out benchmarks/results/first_run_after.json
 
 Clones the repository at COMMIT into a temporary folder, runs `make serve PORT=<free port>` there with an
-empty virtual environment (the "fresh" run: pip's cache and /opt/wheels as this machine has them), asks
-the served model one chat question until it answers, stops the stack, measures the environment's size,
-then runs `make serve` again in the same clone (the "warm" run: environment and model cache in place).
+empty virtual environment, an empty pip cache and an empty model cache (the "fresh" run; /opt/wheels as this
+machine has it), asks the served model one chat question until it answers, stops the stack, measures the
+environment's size, then runs `make serve` again in the same clone (the "warm" run: environment and model cache in place).
 """
 from __future__ import annotations
 
@@ -53,9 +53,9 @@ def first_answer(base_url: str, process: subprocess.Popen, timeout: float) -> fl
     raise RuntimeError(f"no answer within {timeout:.0f}s")
 
 
-def run_serve(clone: Path, log_path: Path, make_args: list[str], timeout: float) -> float:
+def run_serve(clone: Path, log_path: Path, make_args: list[str], timeout: float, caches: dict[str, str]) -> float:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INGOT_", "VIRTUAL_ENV"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INGOT_", "VIRTUAL_ENV"))} | caches
     with open(log_path, "wb") as log:
         process = subprocess.Popen(["make", "serve", f"PORT={port}", *make_args], cwd=clone, env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -85,9 +85,11 @@ def measure(commit: str, workdir: Path, timeout: float) -> dict:
     clone = workdir / "ingot"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
     subprocess.run(["git", "checkout", "--quiet", commit], cwd=clone, check=True)
-    fresh = run_serve(clone, workdir / "fresh.log", [], timeout)
+    # As on a new machine: pip's cache and the model cache start empty (and stay for the warm run)
+    caches = {"PIP_CACHE_DIR": str(workdir / "pip-cache"), "INGOT_CACHE_DIR": str(workdir / "ingot-cache")}
+    fresh = run_serve(clone, workdir / "fresh.log", [], timeout, caches)
     venv_bytes = tree_bytes(clone / ".venv")
-    warm = run_serve(clone, workdir / "warm.log", [], timeout)
+    warm = run_serve(clone, workdir / "warm.log", [], timeout, caches)
     return {"commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True,
                                      check=True).stdout.strip(),
             "fresh_first_answer_s": round(fresh, 1), "warm_first_answer_s": round(warm, 1),
