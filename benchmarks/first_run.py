@@ -5,7 +5,8 @@
 Clones the repository at COMMIT into a temporary folder, runs `make serve PORT=<free port>` there with an
 empty virtual environment, an empty pip cache and an empty model cache (the "fresh" run; /opt/wheels as this
 machine has it), asks the served model one chat question until it answers, stops the stack, measures the
-environment's size, then runs `make serve` again in the same clone (the "warm" run: environment and model cache in place).
+environment's size, then runs `make serve` again in the same clone (the "warm" run: environment and model
+cache in place).
 """
 from __future__ import annotations
 
