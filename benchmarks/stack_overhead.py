@@ -137,7 +137,8 @@ def start_stack(args, work: Path, key: str):
     checkpoint = make_demo_checkpoint("llama", work / "checkpoint")
     settings = PortableSettings(device="cpu", kv_cache_memory_bytes=256 << 20, max_num_seqs=args.max_num_seqs,
                                 max_num_batched_tokens=args.max_num_batched_tokens, max_batch_size=args.max_num_seqs,
-                                cpu_threads=args.cpu_threads)
+                                cpu_threads=args.cpu_threads,
+                                gil_switch_interval_us=args.switch_interval_us or None)
     artifact = work / "artifact"
     build_portable(checkpoint, artifact, settings, model_name="demo-llama")
     triton = start_triton(artifact / "model_repository", work / "triton")
@@ -286,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     # torch's worker threads spin while they wait: with more than one, the stub's CPU time follows the
     # machine's load more than the serving path's cost
     parser.add_argument("--cpu-threads", type=int, default=1, help="the demo model's torch threads in the stub")
+    parser.add_argument("--switch-interval-us", type=int, default=500,
+                        help="the stub's GIL switch interval (gil_switch_interval_us); 0: Python's own 5 ms")
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a fresh folder under /tmp")
     parser.add_argument("--gateway-arg", action="append", default=[], help="one more argument for the gateway")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE_JSON", "AFTER_JSON"))

@@ -205,7 +205,8 @@ class TritonPythonModel:
     def _abort_cancelled(self) -> None:
         aborted = False
         for request_id, flight in self.outbox.flights():
-            if not flight.cancelled and flight.sender.is_cancelled():
+            # never asked once its final response has gone: the server would read the freed request
+            if not flight.cancelled and self.outbox.if_open(flight, _is_cancelled):
                 flight.cancelled = True
                 self.engine.abort(request_id)
                 aborted = True
@@ -261,6 +262,10 @@ class TritonPythonModel:
         if not self.outbox.close(timeout=FINALIZE_WAIT_S):
             self.logger.log_warn("portable engine: responses still being sent at unload")
         self.monitor.join(timeout=FINALIZE_WAIT_S)
+
+
+def _is_cancelled(flight: Flight) -> bool:
+    return flight.sender.is_cancelled()
 
 
 def _input_arrays(request) -> dict:

@@ -11,7 +11,10 @@ is answered by one of them (its responses stay in order) and their round trips o
 
 Every request ends with exactly one final response, including requests aborted because their client
 went away: Triton frees a request (its response factory, ~70 KB) only on that final flag, and cannot
-unload the model while any is left.
+unload the model while any is left. Once that final response has gone, the request's sender must not be
+asked anything: the server answers `is_cancelled` by reading the freed response factory (a segmentation
+fault of tritonserver, seen under load). `Outbox.if_open` asks only while the final response has not
+started, and the final send waits for a question under way.
 
 Nothing here imports Triton: the model passes the function that turns a batch of tokens into a
 response and sends it.
@@ -50,6 +53,9 @@ class Flight:
     produced: bool = False  # the engine has given it tokens (stub_stats)
     arrived_step: int = 0  # engine steps run before its intake (stub_stats)
     lane: int = 0  # the sender thread that answers it
+    # held while the final response is sent and while Triton is asked about the request (Outbox.if_open)
+    closing: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    closed: bool = False  # its final response has been (or is being) sent: Triton has freed the request
 
 
 @dataclass(slots=True)
@@ -120,6 +126,13 @@ class Outbox:
 
     def __len__(self) -> int:
         return len(self._flights)
+
+    @staticmethod
+    def if_open(flight: Flight, ask: Callable[[Flight], object]) -> object | None:
+        """`ask(flight)` (a question to Triton about the request, such as `is_cancelled`) if its final response
+        has not started to leave, else None; the final send waits for a question under way."""
+        with flight.closing:
+            return None if flight.closed else ask(flight)
 
     # ---- the engine side (the step loop: no I/O, one lock per step)
 
@@ -194,7 +207,12 @@ class Outbox:
         while (batch := self._take(lane)) is not None:
             for outgoing in batch:
                 try:
-                    self._send(outgoing)
+                    if outgoing.final:
+                        with outgoing.flight.closing:
+                            outgoing.flight.closed = True
+                            self._send(outgoing)
+                    else:
+                        self._send(outgoing)
                 except Exception as exc:  # a closed or broken sender must not stop the others' responses
                     self._log_error(f"sending a response failed: {exc!r}")
 

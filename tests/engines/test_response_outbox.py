@@ -3,6 +3,7 @@ response, nothing is lost or reordered, and every request ends with one final re
 from __future__ import annotations
 
 import threading
+import time
 
 from engines.portable.engine import StepOutput
 from engines.triton.responses import Flight, Outbox, Outgoing
@@ -103,3 +104,49 @@ def test_several_sender_threads_keep_each_request_in_order_and_end_each_once():
         assert [token for o in responses for token in o.ids] == list(range(50))
         assert [o.final for o in responses].count(True) == 1 and responses[-1].final
         assert responses[0].first and not any(o.first for o in responses[1:])
+
+
+class FreeingSender:
+    """A Triton response sender as the server treats it: the final response frees the request, and any question
+    asked after that (Triton would read freed memory) is recorded as a violation."""
+
+    def __init__(self):
+        self.freed = False
+        self.violations = 0
+
+    def is_cancelled(self) -> bool:
+        if self.freed:
+            self.violations += 1
+        time.sleep(0.0002)  # a round trip to the server, with the GIL released
+        if self.freed:
+            self.violations += 1
+        return False
+
+
+def test_no_request_is_asked_about_once_its_final_response_has_gone():
+    def send(outgoing: Outgoing) -> None:
+        time.sleep(0.0001)
+        if outgoing.final:
+            outgoing.flight.sender.freed = True
+
+    outbox = Outbox(send, log_error=print)
+    stop = threading.Event()
+
+    def monitor() -> None:  # portable_model's cancellation check, as often as it can run
+        while not stop.is_set():
+            for _, flight in outbox.flights():
+                outbox.if_open(flight, lambda f: f.sender.is_cancelled())
+
+    senders = [FreeingSender() for _ in range(300)]
+    for n, sender in enumerate(senders):
+        outbox.add(f"r{n}", Flight(sender=sender, client_id="", streaming=True, return_log_probs=False))
+    checker = threading.Thread(target=monitor)
+    checker.start()
+    for n in range(len(senders)):  # requests end while the monitor goes through its list of them
+        outbox.put(step(f"r{n}", 1, finished=True))
+        time.sleep(0.0002)
+    assert outbox.close(timeout=30)
+    stop.set()
+    checker.join(30)
+    assert all(sender.freed for sender in senders)
+    assert sum(sender.violations for sender in senders) == 0
