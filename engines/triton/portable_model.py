@@ -214,14 +214,16 @@ class TritonPythonModel:
             self.wake.set()
 
     def _update_gauges(self) -> None:
-        # The request count is read first and published last: each `set` is a round trip to tritonserver,
-        # and a scrape that sees a request gone must also see the blocks it freed (the engine frees them
-        # before its final output leaves the outbox).
+        # The request count is read before and after the blocks and published last: each `set` is a round
+        # trip to tritonserver, and a scrape that sees no request must also see every block free. A request
+        # frees its blocks before it leaves the outbox (the first read), and enters the outbox before it gets
+        # any (the second read catches one that arrived while the blocks were counted).
         running = len(self.outbox)
+        free = self.engine.num_free_blocks
         values = {
-            "ingot_engine_free_kv_blocks": self.engine.num_free_blocks,
+            "ingot_engine_free_kv_blocks": free,
             "ingot_engine_total_kv_blocks": self.engine.num_total_blocks,
-            "ingot_engine_running_requests": running,
+            "ingot_engine_running_requests": max(running, len(self.outbox)),
         }
         for name, value in values.items():
             self.gauges[name][1].set(value)
