@@ -168,6 +168,9 @@ class PortableSettings:
     # (engines/triton/engine_settings.py); None: Python's own (5 ms). 0.5 ms lets the engine thread back in
     # sooner when the sender thread holds the GIL (benchmarks/results/stack_vs_engine_h100_gil/NOTE.md)
     gil_switch_interval_us: int | None = 500
+    # the engine in a process of its own instead of the stub's interpreter (engines/triton/engine_process.py):
+    # "auto" is its own process on CUDA, the stub on CPU; "true" / "false" force either
+    engine_process: str = "auto"
 
     def parameters(self) -> dict[str, str]:
         return {
@@ -192,6 +195,7 @@ class PortableSettings:
             "response_sender_threads": str(self.response_sender_threads),
             "gil_switch_interval_us": "auto" if self.gil_switch_interval_us is None
             else str(self.gil_switch_interval_us),
+            "engine_process": self.engine_process,
         }
 
 

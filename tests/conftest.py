@@ -23,8 +23,11 @@ real_model_artifact = real_model_fixtures.real_model_artifact
 real_model_stack = real_model_fixtures.real_model_stack
 ROOT = Path(__file__).resolve().parents[1]
 TEST_API_KEY = "sk-ingot-test-key"
+# The engine in a process of its own, as on CUDA (engine_process "auto" keeps it in the stub on CPU): the
+# whole e2e suite runs the process path; the in-process path runs in tests/engines/test_portable_model_triton.py
+# and under the real model (tests/real_model_fixtures.py), which serves with the defaults.
 TEST_SETTINGS = PortableSettings(dtype="float32", kv_cache_memory_bytes=32 << 20, max_num_seqs=32,
-                                 max_num_batched_tokens=512)
+                                 max_num_batched_tokens=512, engine_process="true")
 
 
 @pytest.fixture(scope="session")

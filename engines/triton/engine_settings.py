@@ -120,3 +120,16 @@ def cancellation_check_period_s(parameters: dict[str, str]) -> float:
     if value <= 0:
         raise ValueError(f"cancellation_check_period_ms must be positive, got {value}")
     return value / 1000.0
+
+
+def engine_in_process(parameters: dict[str, str]) -> bool:
+    """Whether the engine runs in the stub's interpreter (`engine_process` "false") rather than a process of its
+    own ("true"); "auto" (and repositories written before the parameter): its own process on CUDA, where the
+    sender thread's share of the stub's GIL slowed every engine step, in the stub on CPU, where one process
+    fewer leaves the few cores to the engine."""
+    value = parameters.get("engine_process", "auto").lower()
+    if value not in ("auto", "true", "false"):
+        raise ValueError(f"engine_process must be auto, true or false, got {value}")
+    if value == "auto":
+        return not resolve_device(parameters.get("device", "auto")).startswith("cuda")
+    return value == "false"

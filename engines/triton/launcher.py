@@ -154,6 +154,7 @@ def server_environment(python: StubPython | None = None) -> dict[str, str]:
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
         p for p in (str(pytriton_libs()), python.libdir, env.get("LD_LIBRARY_PATH", "")) if p)
     env["PATH"] = os.pathsep.join((str(Path(python.executable).parent), env.get("PATH", "")))
+    env["INGOT_ENGINE_PYTHON"] = python.executable  # the portable engine's own process (engine_process.py)
     # Ignored by the stub's interpreter (see above), kept for the day a stub honours it.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     return env

@@ -4,7 +4,10 @@ Decoupled, with three threads besides Triton's:
 - `execute` only queues requests for the engine;
 - the engine thread runs the engine's steps and hands each step's tokens to the outbox, never waiting
   on Triton (see engines/triton/responses.py: one sender thread sends them, a request's waiting tokens
-  together in one response when sending falls behind, always ending with a final response);
+  together in one response when sending falls behind, always ending with a final response). With
+  `engine_process` on (the default on CUDA), the engine runs in a child process instead
+  (engines/triton/engine_process.py) and a receiver thread hands its steps' tokens to the outbox, so the
+  engine's steps never wait for the GIL that the sender holds;
 - a monitor asks Triton, every `cancellation_check_period_ms` as TensorRT-LLM's backend does, which
   requests were cancelled (each ask is a round trip to the server), aborts those in the engine, and
   updates the gauges. A request carrying `stop`=true aborts the request with the same id at once.
@@ -24,10 +27,12 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from engines import contract
+from engines.triton.engine_process import EngineProcess, Gauges
 from engines.triton.engine_settings import (
     apply_cpu_threads,
     cancellation_check_period_s,
     engine_config_from_parameters,
+    engine_in_process,
     gil_switch_interval_s,
     lora_host_cache_bytes,
     response_sender_threads,
@@ -45,21 +50,11 @@ FINALIZE_WAIT_S = 3.0
 
 class TritonPythonModel:
     def initialize(self, args):
-        from engines.portable.engine import LLMEngine
-
         config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        checkpoint = version_dir / parameters.get("checkpoint_dir", "checkpoint")
         self.logger = pb_utils.Logger
-        threads = apply_cpu_threads(parameters)
-        self.engine = LLMEngine.from_checkpoint(checkpoint, engine_config_from_parameters(parameters))
         self.check_period = cancellation_check_period_s(parameters)
-        self.lora_tasks = LoraTasks(self.engine, lora_host_cache_bytes(parameters))
-        if self.engine.loras is not None:
-            loaded = self.lora_tasks.preload(version_dir / parameters.get("lora_dir", "loras"))
-            if loaded:
-                self.logger.log_info(f"portable engine: LoRA adapters {loaded} (name: lora_task_id)")
         self.server_pid = os.getppid()  # tritonserver started this stub
         self.stats_period = stats_period_s()
         self.stats = StubStats() if self.stats_period else None
@@ -71,17 +66,28 @@ class TritonPythonModel:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.gauges = self._make_gauges(args["model_name"])
-        self.loop = threading.Thread(target=self._run, name="portable-engine", daemon=True)
+        if engine_in_process(parameters):
+            self.engine = _LocalEngine(parameters, version_dir)
+            self.loop = threading.Thread(target=self._run, name="portable-engine", daemon=True)
+        else:
+            self.engine = EngineProcess(parameters, version_dir, self._take_step, self._reject, self._fail_all,
+                                        self.logger.log_error)
+            self.loop = None
         self.monitor = threading.Thread(target=self._watch, name="portable-watch", daemon=True)
         # What loading made lives as long as the model: a full collection under load (with the GIL held,
         # stalling the engine thread) need not walk it again.
         gc.collect()
         gc.freeze()
-        self.loop.start()
+        if self.loop is not None:
+            self.loop.start()
         self.monitor.start()
-        self.logger.log_info(f"portable engine ready: {checkpoint} ({self.engine.config.device}, "
-                             f"{self.engine.config.dtype}, {threads or 'default'} CPU threads, "
-                             f"context {self.engine.max_model_len})")
+        info = self.engine.info
+        if info["loras"]:
+            self.logger.log_info(f"portable engine: LoRA adapters {info['loras']} (name: lora_task_id)")
+        where = f"process {info['pid']}" if self.loop is None else "in the stub"
+        self.logger.log_info(f"portable engine ready ({where}): {info['checkpoint']} ({info['device']}, "
+                             f"{info['dtype']}, {info['threads'] or 'default'} CPU threads, "
+                             f"context {info['context']})")
 
     @staticmethod
     def _make_gauges(model_name: str) -> dict:
@@ -125,23 +131,26 @@ class TritonPythonModel:
 
     def _submit(self, generation: contract.GenerationRequest, sender, client_id: str,
                 outputs: frozenset[str] | None) -> None:
-        from engines.portable.sampling import SamplingParams
-
-        if generation.beam_width < 1:
-            raise ValueError(f"beam_width must be at least 1, got {generation.beam_width}")
-        lora = self.lora_tasks.resolve(generation.lora_task_id, generation.lora_weights, generation.lora_config)
         internal_id = uuid.uuid4().hex
         flight = Flight(sender, client_id, generation.streaming, generation.return_log_probs,
                         beam_search=generation.beam_width > 1, outputs=outputs, arrived=time.perf_counter())
         self.outbox.add(internal_id, flight)
         if self.stats is not None:
             flight.arrived_step = self.steps_run
-            self.stats.waiting(len(self.engine.scheduler.waiting))
+            self.stats.waiting(self.engine.gauges.waiting)
         try:
-            self.engine.add_request(internal_id, generation.input_ids, SamplingParams.from_request(generation), lora)
+            self.engine.submit(internal_id, generation)
         except ValueError:
             self.outbox.discard(internal_id)
             raise
+
+    def _reject(self, request_id: str, message: str) -> None:
+        """The engine process refused a request (what `_accept` answers at once in process)."""
+        self.outbox.fail(request_id, f"invalid request: {message}")
+
+    def _fail_all(self, message: str) -> None:
+        for request_id in self.outbox.fail_all(message):
+            self.engine.abort(request_id)
 
     def _stop_client_id(self, client_id: str) -> None:
         if not client_id:
@@ -163,17 +172,22 @@ class TritonPythonModel:
                 started = time.perf_counter()
                 outputs = self.engine.step()
                 if self.stats is not None:
-                    self._note_step(outputs, started)
+                    self._note_step(outputs, time.perf_counter() - started, self.engine.gauges.pipelined_in_flight)
                 self.outbox.put(outputs)
             except Exception:  # the loop must outlive one bad step; that step's requests fail loudly
                 self.logger.log_error(f"engine step failed:\n{traceback.format_exc()}")
-                for request_id in self.outbox.fail_all("engine step failed; see the Triton log"):
-                    self.engine.abort(request_id)
+                self._fail_all("engine step failed; see the Triton log")
 
-    def _note_step(self, outputs, started: float) -> None:
+    def _take_step(self, outputs: list, gauges: Gauges) -> None:
+        """A step of the engine process (its receiver thread)."""
+        if self.stats is not None:
+            self._note_step(outputs, gauges.step_s, gauges.pipelined_in_flight)
+        self.outbox.put(outputs)
+
+    def _note_step(self, outputs, seconds: float, pipelined: bool) -> None:
         now = time.perf_counter()
         self.steps_run += 1
-        self.stats.step(now - started, self.engine.pipelined and self.engine.has_launch_in_flight())
+        self.stats.step(seconds, pipelined)
         for output in outputs:
             flight = self.outbox.flight(output.request_id)
             if flight is not None and not flight.produced and output.new_token_ids:
@@ -219,10 +233,10 @@ class TritonPythonModel:
         # frees its blocks before it leaves the outbox (the first read), and enters the outbox before it gets
         # any (the second read catches one that arrived while the blocks were counted).
         running = len(self.outbox)
-        free = self.engine.num_free_blocks
+        gauges = self.engine.gauges
         values = {
-            "ingot_engine_free_kv_blocks": free,
-            "ingot_engine_total_kv_blocks": self.engine.num_total_blocks,
+            "ingot_engine_free_kv_blocks": gauges.free_blocks,
+            "ingot_engine_total_kv_blocks": gauges.total_blocks,
             "ingot_engine_running_requests": max(running, len(self.outbox)),
         }
         for name, value in values.items():
@@ -258,12 +272,57 @@ class TritonPythonModel:
         the requests on their final responses, and the stub exits only once this returns."""
         self.stopping.set()
         self.wake.set()
-        self.loop.join(timeout=FINALIZE_WAIT_S)
-        for request_id in self.outbox.fail_all("the model is being unloaded"):
-            self.engine.abort(request_id)
+        if self.loop is not None:
+            self.loop.join(timeout=FINALIZE_WAIT_S)
+        self._fail_all("the model is being unloaded")
+        self.engine.stop(FINALIZE_WAIT_S)
         if not self.outbox.close(timeout=FINALIZE_WAIT_S):
             self.logger.log_warn("portable engine: responses still being sent at unload")
         self.monitor.join(timeout=FINALIZE_WAIT_S)
+
+
+class _LocalEngine:
+    """The engine in the stub's own interpreter (`engine_process` off), with the face of EngineProcess that the
+    model uses; the model's engine thread runs its steps."""
+
+    def __init__(self, parameters: dict[str, str], version_dir: Path):
+        from engines.portable.engine import LLMEngine
+
+        threads = apply_cpu_threads(parameters)
+        checkpoint = version_dir / parameters.get("checkpoint_dir", "checkpoint")
+        self.llm = LLMEngine.from_checkpoint(checkpoint, engine_config_from_parameters(parameters))
+        self.lora_tasks = LoraTasks(self.llm, lora_host_cache_bytes(parameters))
+        loaded = {}
+        if self.llm.loras is not None:
+            loaded = self.lora_tasks.preload(version_dir / parameters.get("lora_dir", "loras"))
+        self.info = {"checkpoint": str(checkpoint), "device": self.llm.config.device, "dtype": self.llm.config.dtype,
+                     "threads": threads, "context": self.llm.max_model_len, "loras": loaded, "pid": os.getpid()}
+
+    @property
+    def gauges(self) -> Gauges:
+        llm = self.llm
+        return Gauges(llm.num_free_blocks, llm.num_total_blocks, len(llm.scheduler.waiting),
+                      llm.pipelined and llm.has_launch_in_flight())
+
+    def submit(self, request_id: str, generation: contract.GenerationRequest) -> None:
+        from engines.portable.sampling import SamplingParams
+
+        if generation.beam_width < 1:
+            raise ValueError(f"beam_width must be at least 1, got {generation.beam_width}")
+        lora = self.lora_tasks.resolve(generation.lora_task_id, generation.lora_weights, generation.lora_config)
+        self.llm.add_request(request_id, generation.input_ids, SamplingParams.from_request(generation), lora)
+
+    def abort(self, request_id: str) -> None:
+        self.llm.abort(request_id)
+
+    def has_unfinished(self) -> bool:
+        return self.llm.has_unfinished()
+
+    def step(self) -> list:
+        return self.llm.step()
+
+    def stop(self, timeout: float) -> None:
+        pass
 
 
 def _is_cancelled(flight: Flight) -> bool:

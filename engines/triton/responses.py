@@ -77,6 +77,11 @@ class Outgoing:
 SendFn = Callable[[Outgoing], None]
 
 
+def _numpy(rows):
+    """Logits rows as numpy: torch tensors from the engine in process, numpy from the engine process."""
+    return rows.numpy() if hasattr(rows, "numpy") else rows
+
+
 def _answered(flight: Flight) -> bool:
     return flight.answered
 
@@ -165,10 +170,21 @@ class Outbox:
     def _keep_extras(flight: Flight, output) -> None:
         """Logits rows and the cumulative logprob, when the request asked for them."""
         if getattr(output, "new_logits", None) is not None:
-            flight.pending_logits.append(output.new_logits.numpy())
+            flight.pending_logits.append(_numpy(output.new_logits))
         if getattr(output, "context_logits", None) is not None:
-            flight.context_logits = output.context_logits.numpy()
+            flight.context_logits = _numpy(output.context_logits)
         flight.cum_log_prob = getattr(output, "cum_logprob", None)
+
+    def fail(self, request_id: str, message: str) -> None:
+        """End one request with an error response (the engine refused it after intake)."""
+        with self._lock:
+            flight = self._flights.pop(request_id, None)
+            if flight is None:
+                return
+            flight.final, flight.error = True, message
+            lane = self._lanes[flight.lane]
+            lane.ready[request_id] = flight
+            lane.cond.notify()
 
     def fail_all(self, message: str) -> list[str]:
         """End every request with an error response; returns their ids (for the engine to abort)."""

@@ -13,6 +13,7 @@ from engines.triton.engine_settings import (
     cpu_has_fast_bfloat16,
     cpu_threads,
     engine_config_from_parameters,
+    engine_in_process,
     response_sender_threads,
 )
 
@@ -90,3 +91,14 @@ def test_gil_switch_interval_is_half_a_millisecond_unless_set():
     assert gil_switch_interval_s(PortableSettings(gil_switch_interval_us=500).parameters()) == 0.0005
     with pytest.raises(ValueError, match="gil_switch_interval_us"):
         gil_switch_interval_s({"gil_switch_interval_us": "0"})
+
+
+def test_the_engine_gets_its_own_process_on_cuda_and_stays_in_the_stub_on_cpu():
+    assert PortableSettings().parameters()["engine_process"] == "auto"
+    assert not engine_in_process({**PortableSettings().parameters(), "device": "cuda"})
+    assert engine_in_process({**PortableSettings().parameters(), "device": "cpu"})
+    assert engine_in_process({"device": "cpu"})  # repositories written before the parameter
+    assert not engine_in_process(PortableSettings(device="cpu", engine_process="true").parameters())
+    assert engine_in_process(PortableSettings(device="cuda", engine_process="false").parameters())
+    with pytest.raises(ValueError, match="engine_process"):
+        engine_in_process({"engine_process": "sometimes"})

@@ -5,14 +5,18 @@ from __future__ import annotations
 import queue
 import signal
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
 import tritonclient.grpc as grpcclient
 
 from engines import contract
+from engines.targets.portable import build_portable
 from engines.triton.launcher import start_triton
 from engines.triton.processes import alive, cmdline, descendants
+from tests.conftest import TEST_SETTINGS
 
 pytestmark = pytest.mark.e2e
 PROMPT = [1, 150, 43, 292, 92, 20, 26, 366]
@@ -79,10 +83,21 @@ def wait_for(condition, timeout: float, message: str) -> None:
         time.sleep(0.1)
 
 
-@pytest.fixture
-def server(demo_artifact, tmp_path):
-    server = start_triton(demo_artifact / "model_repository", tmp_path / "triton")
+@pytest.fixture(scope="module")
+def in_stub_artifact(demo_checkpoints, tmp_path_factory) -> Path:
+    """The demo with the engine in the stub's interpreter (the CPU default); demo_artifact runs it in a process."""
+    artifact = tmp_path_factory.mktemp("artifact") / "demo-llama-in-stub"
+    build_portable(demo_checkpoints["llama"], artifact, replace(TEST_SETTINGS, engine_process="false"),
+                   model_name="demo-llama")
+    return artifact
+
+
+@pytest.fixture(params=["engine process", "engine in the stub"])
+def server(request, tmp_path):
+    artifact = request.getfixturevalue("demo_artifact" if request.param == "engine process" else "in_stub_artifact")
+    server = start_triton(artifact / "model_repository", tmp_path / "triton")
     server.wait_ready(timeout=240)
+    server.engine_process = request.param == "engine process"
     yield server
     server.stop()
 
@@ -110,8 +125,11 @@ def test_cancelled_requests_are_freed_and_the_stub_exits_with_triton(server):
     streams = [Stream(server.grpc_url, long_request(request_output_len=480)) for _ in range(6)]
     for stream in streams:
         stream.next()  # generating
-    stubs = [pid for pid in descendants(server.process.pid) if "triton_python_backend_stub" in cmdline(pid)]
+    below = descendants(server.process.pid)
+    stubs = [pid for pid in below if "triton_python_backend_stub" in cmdline(pid)]
     assert stubs, "the model runs in a Python-backend stub"
+    engines = [pid for pid in below if "engines.triton.engine_process" in cmdline(pid)]
+    assert len(engines) == (1 if server.engine_process else 0)
     for stream in streams:
         stream.client.stop_stream(cancel_requests=True)
     # Each gauge is published on its own (a round trip each, every cancellation_check_period_ms): wait for a
@@ -122,5 +140,6 @@ def test_cancelled_requests_are_freed_and_the_stub_exits_with_triton(server):
     # Triton unloads the model only once every request got its final response: the stub then exits by itself.
     server.process.send_signal(signal.SIGTERM)
     server.process.wait(timeout=90)
-    wait_for(lambda: not any(alive(pid) for pid in stubs), 30, "the Python-backend stub outlived tritonserver")
+    wait_for(lambda: not any(alive(pid) for pid in stubs + engines), 30,
+             "the Python-backend stub or the engine process outlived tritonserver")
     assert "failed to unload" not in server.log_tail(400).lower()

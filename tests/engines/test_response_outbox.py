@@ -150,3 +150,20 @@ def test_no_request_is_asked_about_once_its_final_response_has_gone():
     checker.join(30)
     assert all(sender.freed for sender in senders)
     assert sum(sender.violations for sender in senders) == 0
+
+
+def test_a_request_refused_after_intake_ends_with_one_error_and_later_outputs_are_dropped():
+    sender = SlowSender()
+    sender.release.set()
+    outbox = Outbox(sender, log_error=print)
+    outbox.add("refused", Flight(sender=None, client_id="", streaming=True, return_log_probs=False))
+    outbox.add("kept", Flight(sender=None, client_id="", streaming=True, return_log_probs=False))
+    outbox.fail("refused", "invalid request: prompt too long")
+    outbox.fail("unknown", "never held: nothing is sent")
+    outbox.put(step("refused", 7))  # an engine's late word about it goes nowhere
+    outbox.put(step("kept", 1, finished=True))
+    assert outbox.close(timeout=30)
+    assert len(sender.sent) == 2
+    assert {o.error: (o.ids, o.final) for o in sender.sent} == {"invalid request: prompt too long": ([], True),
+                                                                None: ([1], True)}
+    assert len(outbox) == 0
