@@ -37,6 +37,7 @@ import psutil
 from benchmarks.results_io import commit, write_result
 from benchmarks.serving import answers_ready, wait_serving
 from benchmarks.stack_vs_engine import stop_stack
+from engines.triton.processes import cmdline
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Tell me a long story about the sea, the ships that sail it and the people who wait for them."
@@ -94,12 +95,14 @@ def tree_cpu(pid: int) -> dict[int, float]:
     return seconds
 
 
-THREAD_ROLES = {"portable-engine": "engine", "portable-sender": "sender"}
+THREAD_ROLES = {"portable-engine": "engine", "portable-sender": "sender", "portable-receive": "receiver"}
 
 
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     """Each thread of process `pid`: (its role, user + system CPU seconds), by thread id."""
     ticks = os.sysconf("SC_CLK_TCK")
+    # the engine's own process (engine_process): every thread of it is the engine's
+    engine_process = "engines.triton.engine_process" in cmdline(pid)
     threads = {}
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
@@ -108,7 +111,10 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
         except OSError:
             continue
         tid = int(task.name)
-        role = "intake" if tid == pid else THREAD_ROLES.get(name.rstrip("0123456789"), "rest")
+        if engine_process:
+            role = "engine"
+        else:
+            role = "intake" if tid == pid else THREAD_ROLES.get(name.rstrip("0123456789"), "rest")
         threads[tid] = (role, (int(fields[11]) + int(fields[12])) / ticks)  # utime, stime
     return threads
 
@@ -138,7 +144,8 @@ def start_stack(args, work: Path, key: str):
     settings = PortableSettings(device="cpu", kv_cache_memory_bytes=256 << 20, max_num_seqs=args.max_num_seqs,
                                 max_num_batched_tokens=args.max_num_batched_tokens, max_batch_size=args.max_num_seqs,
                                 cpu_threads=args.cpu_threads,
-                                gil_switch_interval_us=args.switch_interval_us or None)
+                                gil_switch_interval_us=args.switch_interval_us or None,
+                                engine_process=args.engine_process)
     artifact = work / "artifact"
     build_portable(checkpoint, artifact, settings, model_name="demo-llama")
     triton = start_triton(artifact / "model_repository", work / "triton")
@@ -289,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-threads", type=int, default=1, help="the demo model's torch threads in the stub")
     parser.add_argument("--switch-interval-us", type=int, default=500,
                         help="the stub's GIL switch interval (gil_switch_interval_us); 0: Python's own 5 ms")
+    parser.add_argument("--engine-process", choices=("auto", "true", "false"), default="auto",
+                        help="the portable model's engine_process (auto: in the stub on CPU)")
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a fresh folder under /tmp")
     parser.add_argument("--gateway-arg", action="append", default=[], help="one more argument for the gateway")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE_JSON", "AFTER_JSON"))

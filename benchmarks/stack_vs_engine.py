@@ -49,6 +49,7 @@ def portable_settings(args):
                             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                             enable_prefix_caching=False, max_batch_size=args.max_num_seqs,
                             response_sender_threads=getattr(args, "sender_threads", 1),  # other callers: 1
+                            engine_process=getattr(args, "engine_process", "auto"),
                             **({"gil_switch_interval_us": args.switch_interval_us}
                                if getattr(args, "switch_interval_us", None) else {}))
 
@@ -343,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sender-threads", type=int, default=1, help="the portable model's response_sender_threads")
     parser.add_argument("--switch-interval-us", type=int, default=None,
                         help="the portable model's gil_switch_interval_us (default: the model's own)")
+    parser.add_argument("--engine-process", choices=("auto", "true", "false"), default="auto",
+                        help="the portable model's engine_process (auto: a process of its own on CUDA)")
     parser.add_argument("--stub-stats", type=float, default=5.0,
                         help="seconds between the stub's timing lines (<out>/<model>_stub_stats.log); 0: none")
     parser.add_argument("--start-timeout", type=float, default=420.0)

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import NamedTuple
 
 from engines.triton.processes import name_this_thread
 
@@ -37,9 +38,9 @@ PYTHON_ENV = "INGOT_ENGINE_PYTHON"
 IDLE_POLL_S = 0.05
 
 
-@dataclass(frozen=True, slots=True)
-class WireOutput:
-    """A StepOutput as it crosses to the stub: lists and numpy arrays, no torch."""
+class WireOutput(NamedTuple):
+    """A StepOutput as it crosses to the stub: lists and numpy arrays, no torch. A tuple: the stub's receiver
+    unpickles a step's outputs under the GIL the sender needs, and a tuple costs no Python per field there."""
 
     request_id: str
     new_token_ids: list[int]
