@@ -181,46 +181,58 @@ def _socket_pair() -> tuple[int, int]:
 # ---- the child's side
 
 
+def load_engine(parameters: dict[str, str], version_dir: Path):
+    """The engine of a model version and its LoRA tasks (adapters of the repository loaded), and what the stub
+    logs of it; used in this process and, with `engine_process` off, in the stub."""
+    from engines.portable.engine import LLMEngine
+    from engines.triton.engine_settings import apply_cpu_threads, engine_config_from_parameters, \
+        lora_host_cache_bytes
+    from engines.triton.lora_tasks import LoraTasks
+
+    threads = apply_cpu_threads(parameters)
+    checkpoint = version_dir / parameters.get("checkpoint_dir", "checkpoint")
+    engine = LLMEngine.from_checkpoint(checkpoint, engine_config_from_parameters(parameters))
+    lora_tasks = LoraTasks(engine, lora_host_cache_bytes(parameters))
+    loaded = {}
+    if engine.loras is not None:
+        loaded = lora_tasks.preload(version_dir / parameters.get("lora_dir", "loras"))
+    info = {"checkpoint": str(checkpoint), "device": engine.config.device, "dtype": engine.config.dtype,
+            "threads": threads, "context": engine.max_model_len, "loras": loaded, "pid": os.getpid()}
+    return engine, lora_tasks, info
+
+
+def engine_gauges(engine, step_s: float = 0.0) -> Gauges:
+    return Gauges(engine.num_free_blocks, engine.num_total_blocks, len(engine.scheduler.waiting),
+                  engine.pipelined and engine.has_launch_in_flight(), step_s)
+
+
+def add_generation(engine, lora_tasks, request_id: str, generation) -> None:
+    """Queue a contract request in the engine; ValueError names what is wrong with it."""
+    from engines.portable.sampling import SamplingParams
+
+    if generation.beam_width < 1:
+        raise ValueError(f"beam_width must be at least 1, got {generation.beam_width}")
+    lora = lora_tasks.resolve(generation.lora_task_id, generation.lora_weights, generation.lora_config)
+    engine.add_request(request_id, generation.input_ids, SamplingParams.from_request(generation), lora)
+
+
 class _Engine:
-    """The engine, its LoRA tasks and the command loop of the child process."""
+    """The engine and the command loop of the child process."""
 
     def __init__(self, conn: Connection, parameters: dict[str, str], version_dir: Path):
-        from engines.portable.engine import LLMEngine
-        from engines.triton.engine_settings import apply_cpu_threads, engine_config_from_parameters, \
-            lora_host_cache_bytes
-        from engines.triton.lora_tasks import LoraTasks
-
         self.conn = conn
-        threads = apply_cpu_threads(parameters)
-        checkpoint = version_dir / parameters.get("checkpoint_dir", "checkpoint")
-        self.engine = LLMEngine.from_checkpoint(checkpoint, engine_config_from_parameters(parameters))
-        self.lora_tasks = LoraTasks(self.engine, lora_host_cache_bytes(parameters))
-        loaded = {}
-        if self.engine.loras is not None:
-            loaded = self.lora_tasks.preload(version_dir / parameters.get("lora_dir", "loras"))
-        self.info = {"checkpoint": str(checkpoint), "device": self.engine.config.device,
-                     "dtype": self.engine.config.dtype, "threads": threads, "context": self.engine.max_model_len,
-                     "loras": loaded, "pid": os.getpid()}
+        self.engine, self.lora_tasks, self.info = load_engine(parameters, version_dir)
 
     def gauges(self, step_s: float = 0.0) -> Gauges:
-        engine = self.engine
-        return Gauges(engine.num_free_blocks, engine.num_total_blocks, len(engine.scheduler.waiting),
-                      engine.pipelined and engine.has_launch_in_flight(), step_s)
+        return engine_gauges(self.engine, step_s)
 
     def handle(self, message) -> bool:
         """One command; False on stop."""
-        from engines.portable.sampling import SamplingParams
-
         kind = message[0]
         if kind == "add":
             request_id, generation = message[1], message[2]
             try:
-                if generation.beam_width < 1:
-                    raise ValueError(f"beam_width must be at least 1, got {generation.beam_width}")
-                lora = self.lora_tasks.resolve(generation.lora_task_id, generation.lora_weights,
-                                               generation.lora_config)
-                self.engine.add_request(request_id, generation.input_ids, SamplingParams.from_request(generation),
-                                        lora)
+                add_generation(self.engine, self.lora_tasks, request_id, generation)
             except ValueError as exc:
                 self.conn.send(("rejected", request_id, str(exc)))
         elif kind == "abort":

@@ -27,17 +27,13 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from engines import contract
-from engines.triton.engine_process import EngineProcess, Gauges
+from engines.triton.engine_process import EngineProcess, Gauges, add_generation, engine_gauges, load_engine
 from engines.triton.engine_settings import (
-    apply_cpu_threads,
     cancellation_check_period_s,
-    engine_config_from_parameters,
     engine_in_process,
     gil_switch_interval_s,
-    lora_host_cache_bytes,
     response_sender_threads,
 )
-from engines.triton.lora_tasks import LoraTasks
 from engines.triton.processes import name_this_thread
 from engines.triton.response_tensors import chunk_tensors, plain_tensors, wanted
 from engines.triton.responses import Flight, Outbox, Outgoing
@@ -286,31 +282,14 @@ class _LocalEngine:
     model uses; the model's engine thread runs its steps."""
 
     def __init__(self, parameters: dict[str, str], version_dir: Path):
-        from engines.portable.engine import LLMEngine
-
-        threads = apply_cpu_threads(parameters)
-        checkpoint = version_dir / parameters.get("checkpoint_dir", "checkpoint")
-        self.llm = LLMEngine.from_checkpoint(checkpoint, engine_config_from_parameters(parameters))
-        self.lora_tasks = LoraTasks(self.llm, lora_host_cache_bytes(parameters))
-        loaded = {}
-        if self.llm.loras is not None:
-            loaded = self.lora_tasks.preload(version_dir / parameters.get("lora_dir", "loras"))
-        self.info = {"checkpoint": str(checkpoint), "device": self.llm.config.device, "dtype": self.llm.config.dtype,
-                     "threads": threads, "context": self.llm.max_model_len, "loras": loaded, "pid": os.getpid()}
+        self.llm, self.lora_tasks, self.info = load_engine(parameters, version_dir)
 
     @property
     def gauges(self) -> Gauges:
-        llm = self.llm
-        return Gauges(llm.num_free_blocks, llm.num_total_blocks, len(llm.scheduler.waiting),
-                      llm.pipelined and llm.has_launch_in_flight())
+        return engine_gauges(self.llm)
 
     def submit(self, request_id: str, generation: contract.GenerationRequest) -> None:
-        from engines.portable.sampling import SamplingParams
-
-        if generation.beam_width < 1:
-            raise ValueError(f"beam_width must be at least 1, got {generation.beam_width}")
-        lora = self.lora_tasks.resolve(generation.lora_task_id, generation.lora_weights, generation.lora_config)
-        self.llm.add_request(request_id, generation.input_ids, SamplingParams.from_request(generation), lora)
+        add_generation(self.llm, self.lora_tasks, request_id, generation)
 
     def abort(self, request_id: str) -> None:
         self.llm.abort(request_id)
