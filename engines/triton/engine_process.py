@@ -51,6 +51,10 @@ class WireOutput(NamedTuple):
     context_logits: object = None  # numpy rows [prompt_len, vocab]
 
 
+class EngineGone(RuntimeError):
+    """The engine process has exited: requests are answered with this error until the model is reloaded."""
+
+
 @dataclass(frozen=True, slots=True)
 class Gauges:
     free_blocks: int
@@ -121,7 +125,7 @@ class EngineProcess:
     def submit(self, request_id: str, generation) -> None:
         """Queue a request; a refusal comes back through `on_rejected`."""
         if self.dead is not None:
-            raise RuntimeError(self.dead)
+            raise EngineGone(self.dead)
         self._send(("add", request_id, generation))
 
     def abort(self, request_id: str) -> None:

@@ -27,7 +27,14 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from engines import contract
-from engines.triton.engine_process import EngineProcess, Gauges, add_generation, engine_gauges, load_engine
+from engines.triton.engine_process import (
+    EngineGone,
+    EngineProcess,
+    Gauges,
+    add_generation,
+    engine_gauges,
+    load_engine,
+)
 from engines.triton.engine_settings import (
     cancellation_check_period_s,
     engine_in_process,
@@ -124,6 +131,9 @@ class TritonPythonModel:
         except ValueError as exc:
             error = pb_utils.TritonError(f"invalid request: {exc}")
             sender.send(pb_utils.InferenceResponse(output_tensors=[], error=error), flags=FINAL)
+        except EngineGone as exc:
+            sender.send(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))),
+                        flags=FINAL)
 
     def _submit(self, generation: contract.GenerationRequest, sender, client_id: str,
                 outputs: frozenset[str] | None) -> None:
@@ -136,7 +146,7 @@ class TritonPythonModel:
             self.stats.waiting(self.engine.gauges.waiting)
         try:
             self.engine.submit(internal_id, generation)
-        except ValueError:
+        except Exception:  # refused (ValueError) or no engine: the caller answers it
             self.outbox.discard(internal_id)
             raise
 

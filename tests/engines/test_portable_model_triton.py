@@ -2,6 +2,7 @@
 stopped or finished), so Triton frees it, and the model unloads and its stub exits when Triton stops."""
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import time
@@ -143,3 +144,22 @@ def test_cancelled_requests_are_freed_and_the_stub_exits_with_triton(server):
     wait_for(lambda: not any(alive(pid) for pid in stubs + engines), 30,
              "the Python-backend stub or the engine process outlived tritonserver")
     assert "failed to unload" not in server.log_tail(400).lower()
+
+
+@pytest.mark.parametrize("server", ["engine process"], indirect=True)
+def test_a_dead_engine_process_fails_its_requests_and_later_ones_at_once(server):
+    stream = Stream(server.grpc_url, long_request(request_output_len=480))
+    assert not stream.next().final  # generating
+    engines = [pid for pid in descendants(server.process.pid) if "engines.triton.engine_process" in cmdline(pid)]
+    assert len(engines) == 1
+    os.kill(engines[0], signal.SIGKILL)
+    while True:  # tokens already on their way may come first; then the error, never a hang
+        result, error = stream.responses.get(timeout=60)
+        if error is not None:
+            break
+        assert not is_final(result), "the request ended as if it had finished"
+    assert "engine process exited" in str(error)
+    later = Stream(server.grpc_url, long_request(request_output_len=8))
+    _, error = later.responses.get(timeout=60)
+    assert error is not None and "engine process exited" in str(error)
+    wait_for(lambda: gauge(server, "ingot_engine_running_requests") == 0, 30, "failed requests are still held")
