@@ -274,6 +274,12 @@ class _Engine:
 
 
 def main(argv: list[str]) -> int:
+    import signal
+
+    # Like the stub: the server's group gets SIGTERM (and a terminal's SIGINT) while Triton still finishes its
+    # requests; this process ends on the stub's "stop" or when the stub's end of the socket closes.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(int(argv[0]))
     try:
         _, parameters, version_dir = conn.recv()
