@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from engines.triton.processes import name_this_thread
+from engines.triton.responses import as_numpy
 
 # The interpreter the child runs; the launcher names the environment's own (the stub's sys.executable is the
 # stub binary, not Python).
@@ -64,13 +65,9 @@ class Gauges:
     step_s: float = 0.0  # the step's duration in the engine process
 
 
-def _numpy(tensor):
-    return None if tensor is None else tensor.numpy()
-
-
 def wire(output) -> WireOutput:
     return WireOutput(output.request_id, output.new_token_ids, output.new_logprobs, output.finished,
-                      output.cum_logprob, _numpy(output.new_logits), _numpy(output.context_logits))
+                      output.cum_logprob, as_numpy(output.new_logits), as_numpy(output.context_logits))
 
 
 def interpreter() -> str:

@@ -77,8 +77,9 @@ class Outgoing:
 SendFn = Callable[[Outgoing], None]
 
 
-def _numpy(rows):
-    """Logits rows as numpy: torch tensors from the engine in process, numpy from the engine process."""
+def as_numpy(rows):
+    """Logits rows as numpy (None stays None): torch tensors from the engine in process, numpy from the engine
+    process (engines/triton/engine_process.py makes them with this)."""
     return rows.numpy() if hasattr(rows, "numpy") else rows
 
 
@@ -170,32 +171,34 @@ class Outbox:
     def _keep_extras(flight: Flight, output) -> None:
         """Logits rows and the cumulative logprob, when the request asked for them."""
         if getattr(output, "new_logits", None) is not None:
-            flight.pending_logits.append(_numpy(output.new_logits))
+            flight.pending_logits.append(as_numpy(output.new_logits))
         if getattr(output, "context_logits", None) is not None:
-            flight.context_logits = _numpy(output.context_logits)
+            flight.context_logits = as_numpy(output.context_logits)
         flight.cum_log_prob = getattr(output, "cum_logprob", None)
 
     def fail(self, request_id: str, message: str) -> None:
         """End one request with an error response (the engine refused it after intake)."""
         with self._lock:
             flight = self._flights.pop(request_id, None)
-            if flight is None:
-                return
-            flight.final, flight.error = True, message
-            lane = self._lanes[flight.lane]
-            lane.ready[request_id] = flight
-            lane.cond.notify()
+            if flight is not None:
+                self._end_with_error(request_id, flight, message).cond.notify()
 
     def fail_all(self, message: str) -> list[str]:
         """End every request with an error response; returns their ids (for the engine to abort)."""
         with self._lock:
             failed, self._flights = self._flights, {}
             for request_id, flight in failed.items():
-                flight.final, flight.error = True, message
-                self._lanes[flight.lane].ready[request_id] = flight
+                self._end_with_error(request_id, flight, message)
             for lane in self._lanes:
                 lane.cond.notify()
         return list(failed)
+
+    def _end_with_error(self, request_id: str, flight: Flight, message: str) -> _Lane:
+        """Mark a request (no longer held) for a final error response; its lane, to wake. Under the lock."""
+        flight.final, flight.error = True, message
+        lane = self._lanes[flight.lane]
+        lane.ready[request_id] = flight
+        return lane
 
     # ---- the sender threads
 
